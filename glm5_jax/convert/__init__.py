@@ -1,0 +1,1 @@
+"""Hugging Face ``GlmMoeDsaForCausalLM`` checkpoint import and export."""

@@ -1,0 +1,54 @@
+"""Attention restricted to each query's selected keys, in the forms the model can run.
+
+* ``masked_dense_attention``: expand the MLA latent into per-head keys/values and attend with a
+  [q, kv] mask: the reference semantics, cost O(q_len * kv_len).
+* ``gathered_latent_attention``: gather each query's k selected latents and attend in the
+  absorbed (latent) space, cost O(q_len * k): nothing of size q_len * kv_len is formed.
+* ``pallas`` (selected in the attention module): the flash-style kernel over the same latents.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from glm5_jax.model.indexer import NO_KEY
+
+
+def selection_mask(topk_indices: jax.Array, kv_len: int) -> jax.Array:
+    """Boolean [b, s, kv_len]: True at every selected position (NO_KEY slots select nothing)."""
+    onehot = topk_indices[..., None] == jnp.arange(kv_len, dtype=topk_indices.dtype)
+    return jnp.any(onehot, axis=-2)
+
+
+def masked_dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                           scale: float) -> jax.Array:
+    """q [b, s, h, dqk], k [b, t, h, dqk], v [b, t, h, dv], mask [b, s, t] -> [b, s, h, dv]."""
+    logits = jnp.einsum("bshd,bthd->bhst", q, k).astype(jnp.float32) * scale
+    logits = jnp.where(mask[:, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhst,bthd->bshd", probs, v)
+
+
+def gather_keys(values: jax.Array, topk_indices: jax.Array) -> jax.Array:
+    """values [b, t, d] gathered per query -> [b, s, k, d]; NO_KEY slots read position 0."""
+    safe = jnp.maximum(topk_indices, 0)
+    return jax.vmap(lambda v, idx: v[idx])(values, safe)
+
+
+def gathered_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: jax.Array,
+                              k_rope: jax.Array, topk_indices: jax.Array, scale: float) -> jax.Array:
+    """Absorbed MLA over gathered keys.
+
+    q_latent [b, s, h, c] (q_nope already projected by W_uk), q_rope [b, s, h, r],
+    latent [b, t, c], k_rope [b, t, r], topk_indices [b, s, k] -> latent output [b, s, h, c].
+    """
+    latent_sel = gather_keys(latent, topk_indices)  # [b, s, k, c]
+    rope_sel = gather_keys(k_rope, topk_indices)  # [b, s, k, r]
+    logits = (jnp.einsum("bshc,bskc->bshk", q_latent, latent_sel)
+              + jnp.einsum("bshr,bskr->bshk", q_rope, rope_sel)).astype(jnp.float32) * scale
+    valid = (topk_indices != NO_KEY)[:, :, None, :]
+    logits = jnp.where(valid, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jnp.where(valid, probs, 0.0).astype(latent.dtype)
+    return jnp.einsum("bshk,bskc->bshc", probs, latent_sel)

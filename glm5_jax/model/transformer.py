@@ -1,0 +1,88 @@
+"""The GLM-5 causal language model: embeddings, two scanned layer stacks, head, MTP modules.
+
+``model.apply(variables, input_ids)`` maps int32 [batch, seq] to logits [batch, seq, vocab].
+Packed sequences pass ``segment_ids`` (attention stays inside a document) and ``positions``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from glm5_jax.config import ModelConfig
+from glm5_jax.model.decoder_layer import LayerStack, stack_layout
+from glm5_jax.model.linear import Projection, dtype_of
+from glm5_jax.model.mtp import MTPModule, shift_left
+from glm5_jax.model.norms import RMSNorm
+from glm5_jax.model.rope import rope_angles
+
+
+def attention_mask(seq_len: int, segment_ids: Optional[jax.Array], batch: int) -> jax.Array:
+    """Boolean [batch, q, kv]: causal, and within the same segment when segments are given."""
+    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))[None]
+    if segment_ids is None:
+        return jnp.broadcast_to(causal, (batch, seq_len, seq_len))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal & same
+
+
+class GLM5Model(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, positions: Optional[jax.Array] = None,
+                 segment_ids: Optional[jax.Array] = None, *, return_mtp: bool = False):
+        """Logits [b, s, vocab]; with ``return_mtp`` also MTP logits [steps, b, s, vocab].
+
+        MTP step j's logits at position t predict token t + j + 1.
+        """
+        c = self.config
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        batch, seq = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+        embedding = self.param(
+            "embed_tokens",
+            nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range), ("vocab", "embed")),
+            (c.vocab_size, c.hidden_size), pdt,
+        )
+
+        def embed(tokens):
+            return nn.with_logical_constraint(
+                jnp.take(embedding, tokens, axis=0).astype(dt),
+                ("activation_batch", "activation_length", "activation_embed"))
+
+        cos, sin = rope_angles(c, positions)
+        mask = attention_mask(seq, segment_ids, batch)
+        x = embed(input_ids)
+        topk = jnp.zeros((batch, seq, min(c.index_topk, seq)), jnp.int32)
+        for name, first, count in stack_layout(c):
+            mlp_type = c.mlp_layer_types[first]
+            x, topk = LayerStack(c, mlp_type, c.indexer_types[first:first + count], name=name)(
+                x, topk, cos, sin, mask)
+
+        if c.tie_word_embeddings:
+            def head(h):
+                return h @ embedding.T.astype(dt)
+        else:
+            lm_head = Projection((c.hidden_size,), (c.vocab_size,), ("embed",), ("vocab",),
+                                 c.initializer_range, dt, pdt, name="lm_head")
+            head = lm_head
+
+        logits = head(RMSNorm(c.rms_norm_eps, dt, pdt, name="norm")(x))
+        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        if not (c.num_mtp_layers and (return_mtp or self.is_initializing())):
+            return logits
+        mtp_logits = []
+        hidden = x
+        for step in range(c.mtp_num_steps):
+            module_index = 0 if c.mtp_share_parameters else step
+            module = MTPModule(c, name=f"mtp_{module_index}") if step == 0 or not c.mtp_share_parameters else module
+            hidden, normed = module(hidden, embed(shift_left(input_ids, step + 1)), cos, sin, mask)
+            mtp_logits.append(head(normed))
+        if not return_mtp:
+            return logits
+        return logits, jnp.stack(mtp_logits)

@@ -1,0 +1,104 @@
+"""Device mesh construction and the one table mapping logical axis names onto mesh axes.
+
+Model code names axes logically (``"embed"``, ``"heads"``, ``"expert"``...). Changing how a run
+is parallelised means changing the mesh string or this table, never the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+
+# Logical axis -> mesh axis (or axes, or None for replicated). Parameters and activations use
+# different names where they must shard differently (a parameter's embed dim is FSDP-sharded;
+# an activation's batch dim already uses the fsdp axis).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("activation_topk", None),
+    ("activation_tokens", ("data", "fsdp")),
+    # parameters
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("index_heads", None),
+    ("head_dim", None),
+    ("q_lora", None),
+    ("kv_lora", None),
+    ("norm", None),
+    ("mlp", "tensor"),
+    ("expert", "expert"),
+    ("expert_mlp", "tensor"),
+    ("expert_embed", None),
+    ("router_expert", None),
+)
+
+
+def parse_mesh_spec(spec: str, num_devices: int | None = None) -> dict[str, int]:
+    """Parse ``"data=1,fsdp=4,expert=2,tensor=1"``; unnamed axes get size 1.
+
+    The product of the sizes must equal the number of devices; the error says which.
+    """
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    sizes = {axis: 1 for axis in MESH_AXES}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "=" not in part:
+            raise ValueError(f"mesh entry {part!r} must look like axis=size, e.g. 'fsdp=4'")
+        name, value = (x.strip() for x in part.split("=", 1))
+        if name not in MESH_AXES:
+            raise ValueError(f"mesh axis {name!r} is unknown; allowed axes: {list(MESH_AXES)}")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"mesh axis {name}={value!r} must be a positive integer")
+        sizes[name] = int(value)
+    product = int(np.prod(list(sizes.values())))
+    if product != num_devices:
+        raise ValueError(
+            f"mesh {spec!r} has {product} devices in total but {num_devices} are available; "
+            "the product of the axis sizes must equal the device count"
+        )
+    return sizes
+
+
+def make_mesh(spec: str = "", devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with the four named axes; ``spec=""`` puts every device on ``data``."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not spec:
+        spec = f"data={len(devices)}"
+    sizes = parse_mesh_spec(spec, len(devices))
+    shape = tuple(sizes[axis] for axis in MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh) -> Iterator[Mesh]:
+    """Enter the mesh and the logical rules together (activation constraints need both)."""
+    with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        yield mesh
+
+
+def logical_shardings(mesh: Mesh, logical_tree) -> object:
+    """NamedShardings for a pytree of logical PartitionSpecs (from ``nn.get_partition_spec``)."""
+    return nn.logical_to_mesh_sharding(logical_tree, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Inputs shard their leading (batch) dim over data and fsdp."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
