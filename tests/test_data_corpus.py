@@ -18,7 +18,9 @@ from glm5_jax.data.python_sources import (
 from glm5_jax.data.text_corpus import build_text_corpus
 from glm5_jax.data.text_files import MalformedRecordError, iter_text_documents
 
-LICENSED_FILE = "# Copyright 2024 Someone\n# Licensed under MIT.\n\n# more\n\nimport os\n# not header\n"
+LICENSED_FILE = (
+    "# Copyright 2024 Someone\n# Licensed under MIT.\n\n# more\n\nimport os\n# not header\n"
+)
 
 
 def _write(path: Path, text: str | bytes) -> None:

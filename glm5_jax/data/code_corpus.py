@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -63,7 +64,9 @@ class PythonCode(tfds.core.GeneratorBasedBuilder):
     """One example per Python source file: text, path, package, licence."""
 
     VERSION = tfds.core.Version(CODE_CORPUS_VERSION)
-    RELEASE_NOTES = {CODE_CORPUS_VERSION: "Standard library and site-packages sources."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        CODE_CORPUS_VERSION: "Standard library and site-packages sources."
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

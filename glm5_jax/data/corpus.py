@@ -29,9 +29,7 @@ def build_corpus(config: DataConfig) -> tfds.core.DatasetBuilder:
     return build_text_corpus(config.corpus, config.data_dir, text_field=config.text_field)
 
 
-def sample_texts(
-    source: Sequence[dict[str, Any]], max_bytes: int, seed: int = 0
-) -> Iterator[str]:
+def sample_texts(source: Sequence[dict[str, Any]], max_bytes: int, seed: int = 0) -> Iterator[str]:
     """Document texts in a fixed random order until about max_bytes of text.
 
     Why random and not the first documents: corpora are stored in sorted order, so

@@ -33,18 +33,18 @@ def distribution_license(distribution: importlib.metadata.Distribution) -> str:
     return free_text.splitlines()[0][:_MAX_LICENSE_CHARS] if free_text else ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _top_level_to_distribution() -> dict[str, str]:
     # packages_distributions maps an import name to every distribution that ships it;
-    # sorting picks the same one on every run.
+    # taking the smallest name picks the same one on every run.
     return {
-        top_level: sorted(names)[0]
+        top_level: min(names)
         for top_level, names in importlib.metadata.packages_distributions().items()
         if names
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _license_of(distribution_name: str) -> str:
     try:
         return distribution_license(importlib.metadata.distribution(distribution_name))

@@ -53,9 +53,39 @@ def pack_documents(examples: grain.IterDataset, seq_len: int) -> grain.IterDatas
 
     Grain's iterator state covers the packer's buffer, so checkpoints restore exactly.
     """
-    return grain.experimental.ConcatThenSplitIterDataset(
+    packed = grain.experimental.ConcatThenSplitIterDataset(
         examples, length_struct={"inputs": seq_len, "targets": seq_len}
     )
+    return _JsonRestorablePacking(packed)
+
+
+class _JsonRestorablePacking(grain.IterDataset):
+    """Makes the packer's state survive a JSON round trip (as grain's own orbax
+    checkpoint handler stores it).
+
+    Why: in grain 0.2.18 the packer marks "no partly used document" with the tuple
+    (-1, -1) and tests for it with `!=`; JSON gives back the list [-1, -1], so a state
+    saved with no partial document restored as one and silently dropped the next
+    document. Turning the slices back into tuples before restoring fixes that.
+    """
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _JsonRestorablePackingIterator(self._parent.__iter__())
+
+
+class _JsonRestorablePackingIterator(grain.DatasetIterator):
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state["remainder_slices"] = {
+            feature: tuple(bounds) for feature, bounds in state["remainder_slices"].items()
+        }
+        self._parent.set_state(state)
 
 
 def training_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

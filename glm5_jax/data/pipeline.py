@@ -29,13 +29,17 @@ import functools
 from pathlib import Path
 
 import grain
-import numpy as np
 import tensorflow_datasets as tfds
 from tokenizers import Tokenizer
 
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.corpus import TRAIN_SPLIT, build_corpus, sample_texts
-from glm5_jax.data.packing import TokenizeDocument, has_tokens, pack_documents, training_batch
+from glm5_jax.data.packing import (
+    TokenizeDocument,
+    has_tokens,
+    pack_documents,
+    training_batch,
+)
 from glm5_jax.data.tokenizer import TOKENIZER_FILE_NAME, train_or_load_tokenizer
 
 

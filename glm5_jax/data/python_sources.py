@@ -90,9 +90,7 @@ def leading_comment_block(text: str) -> str:
     header_lines: list[str] = []
     for line in text.splitlines(keepends=True):
         stripped = line.strip()
-        if stripped.startswith("#"):
-            header_lines.append(line)
-        elif not stripped and header_lines:
+        if stripped.startswith("#") or (not stripped and header_lines):
             header_lines.append(line)
         elif stripped:
             break
@@ -105,7 +103,7 @@ def _package_and_license(root: SourceRoot, relative: Path) -> tuple[str, str]:
     if root.name == STDLIB_ROOT_NAME:
         return PYTHON_STDLIB_PACKAGE, PYTHON_STDLIB_LICENSE
     top_level = relative.parts[0]
-    return package_and_license(top_level[:-3] if top_level.endswith(".py") else top_level)
+    return package_and_license(top_level.removesuffix(".py"))
 
 
 def iter_python_sources(

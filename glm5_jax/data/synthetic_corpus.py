@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-_WORDS = (
+_VOCABULARY = (
     "def return import class self lambda yield async await for while if else None True "
-    "tensor jax numpy grain α β γ λ 数据 模型 ✓ 😀 <|endoftext|> <|user|> \t \n    "
-).split(" ")
+    "tensor jax numpy grain α β γ λ 数据 模型 ✓ 😀 <|endoftext|> <|user|>"
+)
+_WORDS = (*_VOCABULARY.split(), "\t", "\n", "    ", "")
 
 
 def synthetic_documents(num_documents: int, seed: int = 0) -> list[str]:
@@ -31,7 +32,9 @@ def synthetic_documents(num_documents: int, seed: int = 0) -> list[str]:
     return documents
 
 
-def write_synthetic_corpus(directory: str | Path, num_documents: int = 60, seed: int = 0) -> list[str]:
+def write_synthetic_corpus(
+    directory: str | Path, num_documents: int = 60, seed: int = 0
+) -> list[str]:
     """Writes the documents (first half as one JSONL file, the rest as .txt files) and
     returns them in the order the text corpus builder will read them."""
     directory = Path(directory)

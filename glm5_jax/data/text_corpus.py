@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -40,7 +41,9 @@ class TextDirectory(tfds.core.GeneratorBasedBuilder):
     """One example per document: text, source file, JSONL line (0 for whole files)."""
 
     VERSION = tfds.core.Version(TEXT_CORPUS_VERSION)
-    RELEASE_NOTES = {TEXT_CORPUS_VERSION: "Text and JSONL files from a local directory."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        TEXT_CORPUS_VERSION: "Text and JSONL files from a local directory."
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
