@@ -6,12 +6,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import threading
+import time
 
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from glm5_jax.data.build_lock import exclusive_build_lock
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.pipeline import (
     PreparedCorpus,
@@ -222,3 +225,23 @@ def test_entry_point_with_a_foreign_tokenizer_and_jax_topology(corpus, tmp_path)
     )
     batch = next(iterator)
     assert batch["inputs"].shape == (BATCH_SIZE, SEQ_LEN)  # one process: the whole batch
+
+
+def test_build_lock_lets_one_preparer_in_at_a_time(tmp_path):
+    # flock locks belong to open files, so two threads contend like two processes.
+    events: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with exclusive_build_lock(tmp_path):
+            inside.set()
+            time.sleep(0.2)
+            events.append("first leaves")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    inside.wait()
+    with exclusive_build_lock(tmp_path):
+        events.append("second enters")
+    thread.join()
+    assert events == ["first leaves", "second enters"]

@@ -32,6 +32,7 @@ import grain
 import tensorflow_datasets as tfds
 from tokenizers import Tokenizer
 
+from glm5_jax.data.build_lock import exclusive_build_lock
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.corpus import TRAIN_SPLIT, build_corpus, sample_texts
 from glm5_jax.data.packing import (
@@ -63,14 +64,21 @@ def default_tokenizer_path(builder: tfds.core.DatasetBuilder, vocab_size: int) -
 
 
 def prepare_corpus(config: DataConfig) -> PreparedCorpus:
-    """Builds the corpus and trains (or loads) its tokenizer; cheap when both exist."""
-    builder = build_corpus(config)
-    if config.tokenizer_path is not None:
-        path = Path(config.tokenizer_path)
-        return PreparedCorpus(builder, train_or_load_tokenizer(path, config.vocab_size), path)
-    path = default_tokenizer_path(builder, config.vocab_size)
-    texts = sample_texts(builder.as_data_source(TRAIN_SPLIT), config.tokenizer_training_bytes)
-    return PreparedCorpus(builder, train_or_load_tokenizer(path, config.vocab_size, texts), path)
+    """Builds the corpus and trains (or loads) its tokenizer; cheap when both exist.
+
+    Safe to call from every process of a host at once (see `build_lock`).
+    """
+    with exclusive_build_lock(config.data_dir):
+        builder = build_corpus(config)
+        if config.tokenizer_path is not None:
+            path = Path(config.tokenizer_path)
+            texts = None
+        else:
+            path = default_tokenizer_path(builder, config.vocab_size)
+            source = builder.as_data_source(TRAIN_SPLIT)
+            texts = sample_texts(source, config.tokenizer_training_bytes)
+        tokenizer = train_or_load_tokenizer(path, config.vocab_size, texts)
+    return PreparedCorpus(builder, tokenizer, path)
 
 
 def host_shard(config: DataConfig) -> tuple[int, int]:
@@ -118,10 +126,13 @@ def make_train_dataset(
     return batches.map(training_batch)
 
 
-def make_train_iterator(config: DataConfig) -> grain.DatasetIterator:
+def make_train_iterator(
+    config: DataConfig, prepared: PreparedCorpus | None = None
+) -> grain.DatasetIterator:
     """The entry point for the train loop: an iterator of numpy batch dicts with
-    checkpointable state (see the module docstring)."""
-    return iter(make_train_dataset(config))
+    checkpointable state (see the module docstring). Pass `prepared` when the caller
+    already called `prepare_corpus` (e.g. to size the model's vocabulary)."""
+    return iter(make_train_dataset(config, prepared))
 
 
 def vocab_size_of(prepared: PreparedCorpus) -> int:
