@@ -136,15 +136,6 @@ def make_train_iterator(
 
 
 def vocab_size_of(prepared: PreparedCorpus) -> int:
-    """The embedding size the model needs for this tokenizer (added tokens included)."""
-    return prepared.tokenizer.get_vocab_size(with_added_tokens=True)
-
-
-__all__ = [
-    "PreparedCorpus",
-    "host_shard",
-    "make_train_dataset",
-    "make_train_iterator",
-    "prepare_corpus",
-    "vocab_size_of",
-]
+    """The embedding size the model needs: the largest id + 1, added tokens included
+    (a loaded tokenizer.json may leave gaps in its ids, so not the token count)."""
+    return max(prepared.tokenizer.get_vocab(with_added_tokens=True).values()) + 1
