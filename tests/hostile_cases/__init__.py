@@ -1,0 +1,1 @@
+"""Hostile programs for the sandbox tests (see cases.py)."""

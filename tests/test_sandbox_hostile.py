@@ -1,0 +1,186 @@
+"""Hostile code: never reported as passed, never reaches the host, never breaks the pool.
+
+Each case in hostile_cases/cases.py runs in one shared pool; after each we check the
+host side: canary file and directory intact, nothing written to the host's scratch
+dirs, no connection reached the host's listeners, no process of a sandbox uid alive,
+no descendant of the helpers left over, and the same helpers still pass a good sample.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+import pytest
+
+from glm5_jax.eval.limits import SandboxLimits
+from glm5_jax.eval.policy import IsolationPolicy
+from glm5_jax.eval.pool import SandboxJob, SandboxPool
+from glm5_jax.eval.results import Status
+from hostile_cases.cases import CASES
+
+POLICY = IsolationPolicy()
+LIMITS = SandboxLimits(timeout_s=1.5, memory_bytes=256 << 20)
+BENIGN = SandboxJob("def f():\n    return 1", ("assert f() == 1",))
+
+
+class HostTargets:
+    """Things on the host that the hostile programs aim at, and checks that they are intact."""
+
+    def __init__(self) -> None:
+        token = uuid.uuid4().hex
+        # Not under /tmp: the sandbox gets a private /tmp, and the canary must be visible
+        # to it for the attacks on it to mean anything.
+        self.canary_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       f".hostile-canary-{token}")
+        os.mkdir(self.canary_dir, 0o755)
+        os.chmod(self.canary_dir, 0o755)
+        self.canary = os.path.join(self.canary_dir, "canary.txt")
+        with open(self.canary, "w") as handle:
+            handle.write("canary")
+        os.chmod(self.canary, 0o644)
+        self.canary_mode = os.stat(self.canary).st_mode
+        self.marker = f"glm5-hostile-{token}"
+        self.secret_name, self.secret = "GLM5_HOSTILE_SECRET", f"secret-{token}"
+        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.tcp.setblocking(False)
+        self.abstract_name = f"\0glm5-hostile-{token}"
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind(self.abstract_name)
+        self.unix.listen()
+        self.unix.setblocking(False)
+
+    def substitutions(self) -> dict:
+        return {"canary": self.canary, "canary_dir": self.canary_dir, "host_pid": os.getpid(),
+                "port": self.tcp.getsockname()[1], "abstract_socket": self.abstract_name,
+                "secret_name": self.secret_name, "secret": self.secret, "marker": self.marker}
+
+    def assert_intact(self) -> None:
+        with open(self.canary) as handle:
+            assert handle.read() == "canary"
+        assert os.stat(self.canary).st_mode == self.canary_mode
+        assert sorted(os.listdir(self.canary_dir)) == ["canary.txt"]
+        for directory in ("/tmp", "/var/tmp", "/dev/shm"):
+            assert not os.path.exists(os.path.join(directory, self.marker))
+        for listener in (self.tcp, self.unix):
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nobody ever connected
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.unix.close()
+        for name in os.listdir(self.canary_dir):
+            os.remove(os.path.join(self.canary_dir, name))
+        os.rmdir(self.canary_dir)
+
+
+@pytest.fixture(scope="module")
+def host_targets():
+    targets = HostTargets()
+    os.environ[targets.secret_name] = targets.secret
+    yield targets
+    del os.environ[targets.secret_name]
+    targets.close()
+
+
+@pytest.fixture(scope="module")
+def pool(host_targets):
+    with SandboxPool(workers=2, limits=LIMITS, policy=POLICY) as sandbox_pool:
+        assert all(r.passed for r in sandbox_pool.map([BENIGN, BENIGN]))  # start both helpers
+        yield sandbox_pool
+
+
+def sandbox_uid_processes() -> list[int]:
+    """Live processes running as any uid of the sandbox range."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/status") as handle:
+                lines = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            continue
+        uid = int(lines["Uid"].split()[0])
+        if POLICY.uid_base <= uid < POLICY.uid_base + POLICY.uid_count and \
+                not lines["State"].strip().startswith("Z"):
+            found.append(int(name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def wait_until(condition, timeout_s: float = 2.0) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_there_are_enough_distinct_cases():
+    assert len({case.name for case in CASES}) == len(CASES) >= 25
+    assert all("passed" not in case.statuses for case in CASES)
+
+
+@pytest.mark.parametrize("hostile", CASES, ids=lambda case: case.name)
+def test_hostile_program_is_contained(hostile, pool, host_targets):
+    helpers = pool.helper_pids()
+    values = host_targets.substitutions()
+    result = pool.run(hostile.program.format(**values),
+                      tuple(test.format(**values) for test in hostile.tests))
+
+    assert not result.passed, result
+    assert result.status.value in hostile.statuses, result
+    assert result.stdout_bytes <= LIMITS.output_limit_bytes + (1 << 20)
+    assert len(result.stdout_tail) <= LIMITS.output_tail_bytes
+    host_targets.assert_intact()
+    assert sandbox_uid_processes() == []
+    assert wait_until(lambda: all(descendants(pid) == [] for pid in helpers)), \
+        {pid: descendants(pid) for pid in helpers}
+    assert pool.run(BENIGN.program, BENIGN.tests).passed
+    assert pool.helper_pids() == helpers  # no helper had to be restarted
+
+
+def test_hostile_programs_running_concurrently_leave_good_samples_alone(pool, host_targets):
+    values = host_targets.substitutions()
+    jobs = []
+    for hostile in CASES:
+        jobs.append(SandboxJob(hostile.program.format(**values),
+                               tuple(test.format(**values) for test in hostile.tests)))
+        jobs.append(BENIGN)
+    results = pool.map(jobs)
+    hostile_results, benign_results = results[0::2], results[1::2]
+    assert not any(r.passed for r in hostile_results)
+    assert all(r.passed for r in benign_results), [r for r in benign_results if not r.passed]
+    host_targets.assert_intact()
+    assert sandbox_uid_processes() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can drop to a sandbox uid")
+def test_hostile_code_runs_unprivileged_and_without_network(pool):
+    result = pool.run("import os, socket\nuid = os.getuid()\n"
+                      "interfaces = [name for _, name in socket.if_nameindex()]",
+                      ("assert uid != 0", "assert interfaces == ['lo']"))
+    assert result.passed, result
+    assert any(tag.startswith("uid=") for tag in result.isolation)
+    expected = {"net-ns", "pid-ns", "mount-ns", "read-only-root", "private-tmp", "private-proc"}
+    assert expected <= set(result.isolation)
+    assert result.status is Status.PASSED
