@@ -5,7 +5,7 @@ Public entry points: ``ModelConfig`` and presets (``glm5_jax.config``), ``GLM5Mo
 """
 
 from glm5_jax.config import ConfigError, ModelConfig, get_preset
-from glm5_jax.model import GLM5Model
+from glm5_jax.model import GLM5Model, abstract_variables, init_variables
 
 
 def load_hf(path: str, **config_overrides):
@@ -22,4 +22,7 @@ def save_hf(model, variables, path: str, dtype: str = "float32") -> None:
     _save(model, variables, path, dtype)
 
 
-__all__ = ["ConfigError", "ModelConfig", "GLM5Model", "get_preset", "load_hf", "save_hf"]
+__all__ = [
+    "ConfigError", "ModelConfig", "GLM5Model", "abstract_variables", "get_preset", "init_variables",
+    "load_hf", "save_hf",
+]

@@ -24,14 +24,9 @@ from glm5_jax.convert.hf_config import config_from_hf, config_to_hf
 from glm5_jax.model import GLM5Model
 from glm5_jax.model.decoder_layer import layer_location
 from glm5_jax.model.router import ROUTING_COLLECTION
+from glm5_jax.model.variables import abstract_variables
 
 Path = tuple[str, ...]
-
-
-def abstract_variables(model: GLM5Model) -> dict:
-    """Shapes/dtypes of every variable, without allocating (works for the full 744B preset)."""
-    ids = jnp.zeros((1, 8), jnp.int32)
-    return nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids)))
 
 
 class _Reader:

@@ -1,0 +1,16 @@
+"""Test-wide setup: 8 simulated CPU devices (must precede the first jax import) and fixtures."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))
+
+# Compiled programs are shared across test processes and modules through the persistent cache:
+# every test that builds the same tiny model reuses one XLA compilation.
+import jax  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
