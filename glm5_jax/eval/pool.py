@@ -39,7 +39,7 @@ class SandboxPool:
 
     def __init__(self, workers: int | None = None, limits: SandboxLimits | None = None,
                  policy: IsolationPolicy | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.limits = limits or SandboxLimits()
