@@ -34,6 +34,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
+    ("embed_pair", None),  # the MTP projection's input: [embedding; hidden]
     ("heads", "tensor"),
     ("index_heads", None),
     ("head_dim", None),

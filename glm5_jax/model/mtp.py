@@ -27,7 +27,7 @@ class MTPModule(nn.Module):
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         joined = jnp.concatenate([RMSNorm(c.rms_norm_eps, dt, pdt, name="enorm")(next_embeddings),
                                   RMSNorm(c.rms_norm_eps, dt, pdt, name="hnorm")(hidden)], axis=-1)
-        h = Projection((2 * c.hidden_size,), (c.hidden_size,), ("embed",), ("embed",),
+        h = Projection((2 * c.hidden_size,), (c.hidden_size,), ("embed_pair",), ("embed",),
                        c.initializer_range, dt, pdt, name="eh_proj")(joined)
         mlp_type = "sparse" if c.num_moe_layers else "dense"
         h, _ = DecoderLayer(c, mlp_type, "full", name="layer")(h, cos, sin, mask, None)
