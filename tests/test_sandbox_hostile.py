@@ -3,7 +3,8 @@
 Each case in hostile_cases/cases.py runs in one shared pool; after each we check the
 host side: canary file and directory intact, nothing written to the host's scratch
 dirs, no connection reached the host's listeners, no process of a sandbox uid alive,
-no descendant of the helpers left over, and the same helpers still pass a good sample.
+nothing below the helpers but their one prepared (idle, still root) sandbox each, and
+the same helpers still pass a good sample.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def test_hostile_program_is_contained(hostile, pool, host_targets):
     assert len(result.stdout_tail) <= LIMITS.output_tail_bytes
     host_targets.assert_intact()
     assert sandbox_uid_processes() == []
-    assert wait_until(lambda: all(descendants(pid) == [] for pid in helpers)), \
+    # Each helper keeps exactly one prepared sandbox (supervisor, init, idle runner).
+    assert wait_until(lambda: all(len(descendants(pid)) == 3 for pid in helpers)), \
         {pid: descendants(pid) for pid in helpers}
     assert pool.run(BENIGN.program, BENIGN.tests).passed
     assert pool.helper_pids() == helpers  # no helper had to be restarted

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from glm5_jax.eval.limits import SandboxLimits
 from glm5_jax.eval.sandbox_child.framing import FrameBuffer, encode_frame, read_frame, write_all
 from glm5_jax.eval.sandbox_child.protocol import (
-    Request, decode_report, decode_step, encode_report, encode_step)
+    Request, ZygoteConfig, decode_limits, decode_report, decode_step, encode_limits,
+    encode_report, encode_step)
 from glm5_jax.eval.sandbox_child.step_watch import describe_exit
 
 
@@ -58,10 +59,13 @@ def test_reports_round_trip_and_malformed_ones_are_rejected():
             decode_report(garbage)
 
 
-def test_request_round_trips_through_json():
-    request = Request(steps=("x = 1", "assert x"), limits=SandboxLimits(timeout_s=1.5),
-                      uid=60600, gid=60600, use_namespaces=True)
+def test_request_and_config_round_trip_through_json():
+    request = Request(steps=("x = 1", "assert x"), limits=SandboxLimits(timeout_s=1.5))
     assert Request.from_json(request.to_json()) == request
+    config = ZygoteConfig(uid=60600, gid=60600, use_namespaces=True)
+    assert ZygoteConfig.from_json(config.to_json()) == config
+    limits = SandboxLimits(memory_bytes=1 << 28)
+    assert decode_limits(encode_limits(limits)) == limits
 
 
 def test_exit_reasons_name_the_limit():

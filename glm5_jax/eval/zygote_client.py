@@ -22,7 +22,7 @@ from glm5_jax.eval.policy import IsolationPolicy
 from glm5_jax.eval.results import ExecutionResult
 from glm5_jax.eval.sandbox_child.framing import FrameBuffer, encode_frame, write_all
 from glm5_jax.eval.sandbox_child.isolation import kill_processes_of_uid
-from glm5_jax.eval.sandbox_child.protocol import Request
+from glm5_jax.eval.sandbox_child.protocol import Request, ZygoteConfig
 from glm5_jax.eval.sandbox_child.zygote import BOOTSTRAP
 from glm5_jax.eval.uid_slots import UidSlot, acquire_uid_slot
 
@@ -37,6 +37,7 @@ class ZygoteClient:
         if policy.drop_privileges and os.geteuid() == 0:
             self._uid_slot = acquire_uid_slot(policy.uid_base, policy.uid_count)
         self._process: subprocess.Popen | None = None
+        self._sequence = 0  # requests sent to the current zygote
 
     @property
     def uid(self) -> int | None:
@@ -50,26 +51,28 @@ class ZygoteClient:
         """Run one sample to a verdict; sandbox failures become ``Status.ERROR`` results."""
         started = time.monotonic()
         nonce = secrets.token_bytes(16)
-        request = Request(steps=steps, limits=limits, uid=self.uid, gid=self.uid,
-                          use_namespaces=self.policy.use_namespaces)
+        request = Request(steps=steps, limits=limits)
         try:
             process = self._ensure_started()
             write_all(process.stdin.fileno(), nonce + encode_frame(request.to_json()))
-            payload = self._read_verdict(process, started + limits.timeout_s + HOST_GRACE_S)
-        except OSError as exc:
+            self._sequence += 1
+            verdict = self._read_verdict(process, self._sequence,
+                                         started + limits.timeout_s + HOST_GRACE_S)
+        except (OSError, ValueError) as exc:
             self.kill()
             return ExecutionResult.infrastructure_error(
                 f"sandbox helper failed: {exc}", time.monotonic() - started)
-        if payload is None:
+        if verdict is None:
             self.kill()
             return ExecutionResult.infrastructure_error(
                 "sandbox helper gave no verdict in time", time.monotonic() - started)
-        verdict = json.loads(payload)
-        if not hmac.compare_digest(str(verdict.pop("nonce", "")), nonce.hex()):
-            self.kill()
-            return ExecutionResult.infrastructure_error(
-                "verdict without the request's nonce (forged or stale)", time.monotonic() - started)
-        return ExecutionResult.from_dict(verdict)
+        if hmac.compare_digest(str(verdict.pop("nonce", "")), nonce.hex()):
+            return ExecutionResult.from_dict(verdict)
+        if verdict.get("status") == "error":  # the zygote's notice of a dead supervisor
+            return ExecutionResult.from_dict(verdict)
+        self.kill()
+        return ExecutionResult.infrastructure_error(
+            "verdict without the request's nonce (forged)", time.monotonic() - started)
 
     def kill(self) -> None:
         """Hard stop of the zygote and everything below it; the next run starts afresh."""
@@ -109,23 +112,30 @@ class ZygoteClient:
         environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         if self.policy.hash_seed is not None:
             environment["PYTHONHASHSEED"] = str(self.policy.hash_seed)
+        config = ZygoteConfig(uid=self.uid, gid=self.uid,
+                              use_namespaces=self.policy.use_namespaces)
+        self._sequence = 0
         self._process = subprocess.Popen(
-            [self.policy.python, "-s", "-S", "-B", "-c", BOOTSTRAP, EVAL_DIR,
+            [self.policy.python, "-s", "-S", "-B", "-c", BOOTSTRAP, EVAL_DIR, config.to_json(),
              *self.policy.preload_modules],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, bufsize=0,
             env=environment, cwd="/", start_new_session=True, close_fds=True)
         return self._process
 
     @staticmethod
-    def _read_verdict(process: subprocess.Popen, deadline: float) -> bytes | None:
+    def _read_verdict(process: subprocess.Popen, sequence: int, deadline: float) -> dict | None:
+        """The verdict for request number ``sequence``; stale ones are skipped."""
         fd = process.stdout.fileno()
         frames = FrameBuffer()
-        while (frame := frames.pop()) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            data = os.read(fd, 1 << 16)
-            if not data:
-                return None
-            frames.feed(data)
-        return frame
+        while True:
+            while (frame := frames.pop()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                    return None
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return None
+                frames.feed(data)
+            verdict = json.loads(frame)
+            if verdict.pop("sequence", None) == sequence:
+                return verdict

@@ -27,6 +27,34 @@ def case(name: str, program: str, tests: tuple[str, ...] = ("assert True",),
     return HostileCase(name, program, tests, frozenset(statuses))
 
 
+# Searches every frame and every gc-tracked container for the test's source text
+# ("assert found", spelled backwards here so the program does not contain it) and would
+# pass if the sandbox held the tests in memory while the program's top level runs.
+FIND_TESTS_IN_MEMORY = """\
+import gc, sys
+needle = "dnuof tressa"[::-1]
+def contains(value, depth=0):
+    if isinstance(value, str):
+        return needle in value and value is not needle
+    if isinstance(value, bytes):
+        return needle.encode() in value
+    if depth < 3 and isinstance(value, (list, tuple, set, frozenset)):
+        return any(contains(v, depth + 1) for v in list(value))
+    if depth < 3 and isinstance(value, dict):
+        return any(contains(v, depth + 1) for v in list(value.values()))
+    return False
+found = False
+frame = sys._getframe()
+while frame is not None:
+    found |= any(contains(v) for v in list(frame.f_locals.values()))
+    found |= any(contains(v) for v in frame.f_code.co_consts if v is not needle)
+    frame = frame.f_back
+for obj in gc.get_objects():
+    if contains(obj, 1):
+        found = True
+        break
+"""
+
 CASES = [
     # -- runaway resource use ------------------------------------------------------------
     case("infinite_loop", "while True:\n    pass", statuses=(TIMEOUT,)),
@@ -116,6 +144,7 @@ CASES = [
          "            except OSError:\n                pass\n"
          "os._exit(0)"),
     case("close_every_descriptor", "import os\nos.closerange(3, 1 << 16)"),
+    case("find_the_tests_in_memory", FIND_TESTS_IN_MEMORY, ("assert found",)),
     # -- leftovers -----------------------------------------------------------------------
     case("thread_outlives_test",
          "import os, threading, time\n"

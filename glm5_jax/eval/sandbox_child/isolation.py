@@ -68,7 +68,7 @@ def _enter_user_namespace() -> None:
         handle.write(f"0 {gid} 1")
 
 
-def prepare_filesystem(namespaces: list[str], limits: SandboxLimits, uid: int | None,
+def prepare_filesystem(namespaces: list[str], uid: int | None,
                        gid: int | None) -> tuple[str, list[str], str | None]:
     """Make the working directory; returns (workdir, tags, host directory to remove).
 
@@ -88,7 +88,7 @@ def prepare_filesystem(namespaces: list[str], limits: SandboxLimits, uid: int | 
         for directory in SCRATCH_DIRS:
             if os.path.isdir(directory):
                 linux.mount("tmpfs", directory, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
-                            f"size={limits.scratch_bytes},mode=1777")
+                            f"size={SandboxLimits().scratch_bytes},mode=1777")
         tags.append("private-tmp")
         workdir, host_dir = PRIVATE_WORKDIR, None
         os.mkdir(workdir, 0o700)
@@ -98,6 +98,16 @@ def prepare_filesystem(namespaces: list[str], limits: SandboxLimits, uid: int | 
     if uid is not None:
         os.chown(workdir, uid, gid if gid is not None else uid)
     return workdir, tags, host_dir
+
+
+def resize_scratch(size_bytes: int) -> None:
+    """Give the private scratch mounts the sample's own size limit (they were mounted
+    ahead of the request with the default)."""
+    for directory in SCRATCH_DIRS:
+        if os.path.isdir(directory):
+            linux.mount(None, directory, None,
+                        linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV,
+                        f"size={size_bytes},mode=1777")
 
 
 def mount_private_proc() -> bool:

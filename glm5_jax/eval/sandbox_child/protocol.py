@@ -1,14 +1,17 @@
-"""Messages between the host, the supervisor and the runner.
+"""Messages between the host, the zygote, the supervisor and the runner.
 
 host -> zygote:       16 raw nonce bytes, then a frame holding a JSON ``Request``
-supervisor -> runner: one frame per step: "<index>\\n<token>\\n<source>"
+zygote -> supervisor: the same bytes, spliced pipe-to-pipe (never in the zygote's memory)
+supervisor -> runner: a frame with the JSON limits, then one frame per step:
+                      "<index>\\n<token>\\n<source>"
 runner -> supervisor: one frame per finished step: "<index>\\n<token>\\n<0|1>\\n<error>"
 supervisor -> host:   one frame holding the JSON verdict, which must echo the nonce
 
 Step 0 is the program and steps 1..n are its tests. The supervisor sends a step only after
 the previous one was reported, with a fresh random token, so a runner cannot report a
 step it was never given, and a test's source is not in the sandbox while the program's
-top level runs.
+top level runs. The runner is forked before the request exists, so neither the request
+nor the nonce is ever in its memory.
 """
 
 from __future__ import annotations
@@ -25,34 +28,43 @@ MAX_REPORT_BYTES = 4 * MAX_ERROR_CHARS + 256
 
 
 @dataclasses.dataclass(frozen=True)
-class Request:
-    """What the host asks the zygote to run; ``steps[0]`` is the program, the rest tests."""
+class ZygoteConfig:
+    """Per-worker settings, fixed for the zygote's life (its sandboxes are prepared ahead)."""
 
-    steps: tuple[str, ...]
-    limits: SandboxLimits
     uid: int | None  # drop to this uid/gid before any untrusted code; None: no drop
     gid: int | None
     use_namespaces: bool
 
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ZygoteConfig":
+        return cls(**json.loads(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One sample: ``steps[0]`` is the program, the rest are its tests."""
+
+    steps: tuple[str, ...]
+    limits: SandboxLimits
+
     def to_json(self) -> bytes:
-        return json.dumps({
-            "steps": list(self.steps),
-            "limits": self.limits.to_dict(),
-            "uid": self.uid,
-            "gid": self.gid,
-            "use_namespaces": self.use_namespaces,
-        }).encode()
+        return json.dumps({"steps": list(self.steps), "limits": self.limits.to_dict()}).encode()
 
     @classmethod
     def from_json(cls, payload: bytes) -> "Request":
         fields = json.loads(payload)
-        return cls(
-            steps=tuple(fields["steps"]),
-            limits=SandboxLimits.from_dict(fields["limits"]),
-            uid=fields["uid"],
-            gid=fields["gid"],
-            use_namespaces=fields["use_namespaces"],
-        )
+        return cls(steps=tuple(fields["steps"]), limits=SandboxLimits.from_dict(fields["limits"]))
+
+
+def encode_limits(limits: SandboxLimits) -> bytes:
+    return json.dumps(limits.to_dict()).encode()
+
+
+def decode_limits(payload: bytes) -> SandboxLimits:
+    return SandboxLimits.from_dict(json.loads(payload))
 
 
 def encode_step(index: int, token: str, source: str) -> bytes:

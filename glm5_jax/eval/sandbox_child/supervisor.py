@@ -1,13 +1,16 @@
 """The supervisor: the trusted, still-privileged parent of one sample, and its only judge.
 
-Forked from the zygote once per sample. It enters the namespaces, prepares the
-filesystem, forks init (which forks the runner), runs the ``StepWatch`` loop, tears the
-whole process tree down, and only then writes the verdict -- with the host's nonce --
-on the one pipe the sandboxed processes never hold.
+Forked from the zygote as a warm spare *before* its request exists: it enters the
+namespaces, prepares the filesystem and forks init (which forks the runner), then waits.
+When the zygote splices a request in, it reads the nonce and the request -- after the
+sandboxed processes were forked, so they never hold either -- runs the ``StepWatch``
+loop, tears the whole process tree down, and only then writes the verdict on the one
+pipe the sandboxed processes never hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,49 +19,117 @@ import stat
 import time
 
 from glm5_jax.eval.sandbox_child import isolation, linux
-from glm5_jax.eval.sandbox_child.framing import encode_frame, write_all
+from glm5_jax.eval.sandbox_child.framing import encode_frame, read_exact, read_frame, write_all
 from glm5_jax.eval.sandbox_child.init_process import become_init
-from glm5_jax.eval.sandbox_child.protocol import Request
+from glm5_jax.eval.sandbox_child.protocol import (
+    NONCE_BYTES, Request, ZygoteConfig, encode_limits)
 from glm5_jax.eval.sandbox_child.runner import RunnerChannels, RunnerSetup
-from glm5_jax.eval.sandbox_child.step_watch import Outcome, StepWatch, WatchedPipes
+from glm5_jax.eval.sandbox_child.step_watch import StepWatch, WatchedPipes
 
 INIT_STOP_GRACE_S = 1.0
 
 
-def supervise(request: Request, nonce: bytearray, response_fd: int, zygote_pid: int) -> None:
-    """Judge one sample and write its verdict to ``response_fd``. Never returns."""
-    started = time.monotonic()
-    try:
-        verdict = _judge(request, nonce, zygote_pid)
-    except BaseException as exc:  # noqa: BLE001 - any failure here is the sandbox's, not the code's
-        verdict = {"status": "error", "reason": f"sandbox supervisor failed: "
-                                                f"{type(exc).__name__}: {exc}",
-                   "runtime_s": time.monotonic() - started}
-    verdict["nonce"] = bytes(nonce).hex()
-    write_all(response_fd, encode_frame(json.dumps(verdict).encode()))
-    os._exit(0)
+@dataclasses.dataclass
+class PreparedSandbox:
+    """An isolated, idle process tree waiting for its sample."""
+
+    config: ZygoteConfig
+    namespaces: list[str]
+    fs_tags: list[str]
+    host_dir: str | None  # host-side workdir to delete afterwards (no mount namespace)
+    init_pid: int
+    pipes: WatchedPipes
+    lifeline_write: int
+
+    @property
+    def pid_ns(self) -> bool:
+        return "pid-ns" in self.namespaces
 
 
-def _judge(request: Request, nonce: bytearray, zygote_pid: int) -> dict:
+def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygote_pid: int,
+                   sequence: int) -> None:
+    """Prepare a sandbox, wait for a request, judge it, write the verdict. Never returns."""
     os.setsid()
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != zygote_pid:
         os._exit(1)  # the zygote died between fork and prctl
     linux.prctl(linux.PR_SET_DUMPABLE, 0)  # same-uid processes cannot ptrace us or read our fds
-    namespaces = isolation.enter_namespaces() if request.use_namespaces else []
-    workdir, fs_tags, host_dir = isolation.prepare_filesystem(
-        namespaces, request.limits, request.uid, request.gid)
-    pid_ns = "pid-ns" in namespaces
+    sandbox, failure = None, ""
     try:
-        outcome, watch = _run_tree(request, nonce, namespaces, fs_tags, workdir)
+        sandbox = _prepare(config)
+    except BaseException as exc:  # noqa: BLE001 - reported once a request arrives
+        failure = f"sandbox preparation failed: {type(exc).__name__}: {exc}"
+    nonce = read_exact(request_fd, NONCE_BYTES)
+    payload = read_frame(request_fd) if nonce is not None else None
+    if payload is None:  # the zygote is shutting down: no sample for this spare
+        if sandbox is not None:
+            _tear_down(sandbox)
+        os._exit(0)
+    started = time.monotonic()
+    try:
+        if sandbox is None:
+            raise RuntimeError(failure)
+        verdict = _judge(sandbox, Request.from_json(payload))
+    except BaseException as exc:  # noqa: BLE001 - any failure here is the sandbox's, not the code's
+        if sandbox is not None:
+            _tear_down(sandbox)
+        reason = failure or f"sandbox supervisor failed: {type(exc).__name__}: {exc}"
+        verdict = {"status": "error", "reason": reason, "runtime_s": time.monotonic() - started}
+    verdict["nonce"] = nonce.hex()
+    verdict["sequence"] = sequence
+    write_all(response_fd, encode_frame(json.dumps(verdict).encode()))
+    os._exit(0)
+
+
+def _prepare(config: ZygoteConfig) -> PreparedSandbox:
+    namespaces = isolation.enter_namespaces() if config.use_namespaces else []
+    workdir, fs_tags, host_dir = isolation.prepare_filesystem(namespaces, config.uid, config.gid)
+    step_read, step_write = os.pipe()
+    report_read, report_write = os.pipe()
+    stdout_read, stdout_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    status_read, status_write = os.pipe()
+    lifeline_read, lifeline_write = os.pipe()
+    if min(step_read, step_write, report_read, report_write) <= 2:
+        raise RuntimeError("standard descriptors were closed; pipes would collide with them")
+    channels = RunnerChannels(step_read, report_write, stdout_write, stderr_write)
+    setup = RunnerSetup(workdir=workdir, uid=config.uid, gid=config.gid,
+                        private_tmp="private-tmp" in fs_tags,
+                        shed_user_namespace="user-ns" in namespaces, parent_pid=0)
+    init_pid = os.fork()
+    if init_pid == 0:
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for inherited in (0, 1):  # the zygote's pipes (request and verdict) and ours
+                os.dup2(devnull, inherited)
+            for fd in (step_write, report_read, stdout_read, stderr_read, status_read,
+                       lifeline_write, devnull):
+                os.close(fd)
+            become_init(channels, setup, status_write, lifeline_read,
+                        remount_proc="pid-ns" in namespaces and "mount-ns" in namespaces)
+        finally:
+            os._exit(70)
+    for fd in (step_read, report_write, stdout_write, stderr_write, status_write, lifeline_read):
+        os.close(fd)
+    pipes = WatchedPipes(step_write, report_read, stdout_read, stderr_read, status_read)
+    return PreparedSandbox(config, namespaces, fs_tags, host_dir, init_pid, pipes, lifeline_write)
+
+
+def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
+    if "private-tmp" in sandbox.fs_tags:
+        isolation.resize_scratch(request.limits.scratch_bytes)
+    watch = StepWatch(request.steps, request.limits, sandbox.pipes,
+                      preamble=encode_frame(encode_limits(request.limits)))
+    try:
+        outcome = watch.run()
     finally:
-        if request.uid is not None and not pid_ns:
-            isolation.kill_processes_of_uid(request.uid)
-        if host_dir is not None:
-            _remove_tree(host_dir)
-    tags = [*namespaces, *fs_tags, *watch.extra_isolation, "rlimits", "no-new-privs"]
-    if request.uid is not None:
-        tags.append(f"uid={request.uid}")
+        _stop_init(sandbox)
+        watch.drain_output()
+        _tear_down(sandbox)
+    tags = [*sandbox.namespaces, *sandbox.fs_tags, *watch.extra_isolation, "rlimits",
+            "no-new-privs"]
+    if sandbox.config.uid is not None:
+        tags.append(f"uid={sandbox.config.uid}")
     return {
         "status": outcome.status,
         "reason": outcome.reason,
@@ -74,63 +145,34 @@ def _judge(request: Request, nonce: bytearray, zygote_pid: int) -> dict:
     }
 
 
-def _run_tree(request: Request, nonce: bytearray, namespaces: list[str], fs_tags: list[str],
-              workdir: str) -> tuple[Outcome, StepWatch]:
-    step_read, step_write = os.pipe()
-    report_read, report_write = os.pipe()
-    stdout_read, stdout_write = os.pipe()
-    stderr_read, stderr_write = os.pipe()
-    status_read, status_write = os.pipe()
-    lifeline_read, lifeline_write = os.pipe()
-    channels = RunnerChannels(step_read, report_write, stdout_write, stderr_write)
-    setup = RunnerSetup(
-        limits=request.limits, workdir=workdir, uid=request.uid, gid=request.gid,
-        private_tmp="private-tmp" in fs_tags, shed_user_namespace="user-ns" in namespaces,
-        parent_pid=0)
-    pid_ns = "pid-ns" in namespaces
-    init_pid = os.fork()
-    if init_pid == 0:
-        try:
-            nonce[:] = bytes(len(nonce))  # the sandboxed tree never holds the host's nonce
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)  # the zygote's request pipe
-            os.dup2(devnull, 1)  # the verdict pipe
-            for fd in (step_write, report_read, stdout_read, stderr_read, status_read,
-                       lifeline_write, devnull):
-                os.close(fd)
-            become_init(channels, setup, status_write, lifeline_read,
-                        remount_proc=pid_ns and "mount-ns" in namespaces)
-        finally:
-            os._exit(70)
-    for fd in (step_read, report_write, stdout_write, stderr_write, status_write, lifeline_read):
-        os.close(fd)
-    watch = StepWatch(request.steps, request.limits,
-                      WatchedPipes(step_write, report_read, stdout_read, stderr_read, status_read))
-    try:
-        outcome = watch.run()
-    finally:
-        _end_init(init_pid, pid_ns)
-        watch.drain_output()
-        for fd in (step_write, report_read, stdout_read, stderr_read, status_read, lifeline_write):
-            os.close(fd)
-    return outcome, watch
-
-
-def _end_init(init_pid: int, pid_ns: bool) -> None:
-    """Tear the tree down. With a pid namespace, killing its pid 1 kills every member, and
+def _stop_init(sandbox: PreparedSandbox) -> None:
+    """End the tree. With a pid namespace, killing its pid 1 kills every member, and
     waitpid returns only once they are all gone; otherwise init kills its descendants."""
-    if pid_ns:
-        os.kill(init_pid, signal.SIGKILL)
-        os.waitpid(init_pid, 0)
+    if sandbox.init_pid == 0:
         return
-    os.kill(init_pid, signal.SIGTERM)
+    pid, sandbox.init_pid = sandbox.init_pid, 0
+    if sandbox.pid_ns:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return
+    os.kill(pid, signal.SIGTERM)
     give_up = time.monotonic() + INIT_STOP_GRACE_S
     while time.monotonic() < give_up:
-        if os.waitpid(init_pid, os.WNOHANG)[0]:
+        if os.waitpid(pid, os.WNOHANG)[0]:
             return
         time.sleep(0.002)
-    os.kill(init_pid, signal.SIGKILL)
-    os.waitpid(init_pid, 0)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _tear_down(sandbox: PreparedSandbox) -> None:
+    """Stop the tree, sweep the uid where no pid namespace did it, delete host files."""
+    _stop_init(sandbox)
+    if sandbox.config.uid is not None and not sandbox.pid_ns:
+        isolation.kill_processes_of_uid(sandbox.config.uid)
+    if sandbox.host_dir is not None:
+        _remove_tree(sandbox.host_dir)
+        sandbox.host_dir = None
 
 
 def _remove_tree(path: str) -> None:

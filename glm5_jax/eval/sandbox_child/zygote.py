@@ -1,27 +1,33 @@
-"""The zygote: a long-lived, trusted helper that forks one supervisor per sample.
+"""The zygote: a long-lived, trusted helper that keeps one sandbox prepared ahead.
 
-Why: starting a fresh interpreter per sample costs ~20 ms and dominates a HumanEval
-run; forking a warm one with the common stdlib modules already imported costs ~1 ms.
-The zygote never runs untrusted code itself and talks only to the host:
-stdin carries requests (nonce + frame), stdout carries verdicts.
+Why: starting a fresh interpreter per sample costs ~20 ms, and building the sandbox
+(namespaces, mounts, three processes) costs more; a warm interpreter that forks, with the
+common stdlib modules already imported, and that prepares the next sandbox while the
+current sample runs, takes all of that off each sample's critical path.
+
+The zygote never runs untrusted code and never holds a request in its memory: it
+splices the request bytes from the host's pipe straight into the waiting supervisor's
+pipe, so later sandboxes (forked from the zygote) cannot find earlier samples' tests or
+nonces. stdin carries requests from the host; stdout carries verdicts to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import json
 import os
 
-from glm5_jax.eval.sandbox_child.framing import encode_frame, read_frame, write_all
-from glm5_jax.eval.sandbox_child.protocol import NONCE_BYTES, Request
+from glm5_jax.eval.sandbox_child.framing import HEADER, encode_frame, read_exact, write_all
+from glm5_jax.eval.sandbox_child.protocol import NONCE_BYTES, ZygoteConfig
 
 REQUEST_FD = 0
 RESPONSE_FD = 1
 
-# Run with ``python -s -S -B -c BOOTSTRAP <eval package dir> <module to preload>...``.
+# Run with ``python -s -S -B -c BOOTSTRAP <eval package dir> <config json> <preload>...``.
 # Stub parent packages let the zygote import this subpackage without executing
-# glm5_jax/__init__.py (which may import jax): only stdlib and these files load.
+# glm5_jax/__init__.py (which imports jax): only stdlib and these files load.
 BOOTSTRAP = """\
 import os, sys, types
 eval_dir = sys.argv[1]
@@ -31,35 +37,75 @@ for name, path in (("glm5_jax", os.path.dirname(eval_dir)), ("glm5_jax.eval", ev
     sys.modules[name] = package
 del sys.path[0]
 from glm5_jax.eval.sandbox_child.zygote import main
-main(sys.argv[2:])
+main(sys.argv[2], sys.argv[3:])
 """
 
 
-def main(preload: list[str]) -> None:
+@dataclasses.dataclass(frozen=True)
+class Spare:
+    """A supervisor waiting for its request on ``request_write``'s pipe."""
+
+    pid: int
+    request_write: int
+    sequence: int  # the number of the request it will judge (1, 2, ...)
+
+
+def main(config_json: str, preload: list[str]) -> None:
+    config = ZygoteConfig.from_json(config_json)
     _preload(preload)
     zygote_pid = os.getpid()
+    spare = _start_spare(config, zygote_pid, sequence=1)
     while True:
-        nonce = bytearray(NONCE_BYTES)
-        if not _read_into(REQUEST_FD, nonce):
+        if not _pass_request(spare.request_write):
+            os.close(spare.request_write)  # the spare cleans up and exits
+            os.waitpid(spare.pid, 0)
             return
-        payload = read_frame(REQUEST_FD)
-        if payload is None:
-            return
-        request = Request.from_json(payload)
-        supervisor_pid = os.fork()
-        if supervisor_pid == 0:
-            try:
-                from glm5_jax.eval.sandbox_child.supervisor import supervise
-
-                supervise(request, nonce, RESPONSE_FD, zygote_pid)
-            finally:
-                os._exit(70)
-        _, wait_status = os.waitpid(supervisor_pid, 0)
-        if wait_status != 0:  # it died before writing a verdict
-            verdict = {"status": "error", "nonce": bytes(nonce).hex(), "runtime_s": 0.0,
+        os.close(spare.request_write)
+        current, spare = spare, _start_spare(config, zygote_pid, spare.sequence + 1)
+        _, wait_status = os.waitpid(current.pid, 0)
+        if wait_status != 0:  # it died before writing a verdict (it never can pass)
+            verdict = {"status": "error", "sequence": current.sequence, "runtime_s": 0.0,
                        "reason": f"sandbox supervisor died (wait status {wait_status})"}
             write_all(RESPONSE_FD, encode_frame(json.dumps(verdict).encode()))
-        nonce[:] = bytes(NONCE_BYTES)
+
+
+def _start_spare(config: ZygoteConfig, zygote_pid: int, sequence: int) -> Spare:
+    request_read, request_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(request_write)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, REQUEST_FD)  # only the zygote reads the host's requests; fd 0
+            os.close(devnull)             # stays taken so no sandbox pipe can land on 0-2
+            from glm5_jax.eval.sandbox_child.supervisor import run_supervisor
+
+            run_supervisor(config, request_read, RESPONSE_FD, zygote_pid, sequence)
+        finally:
+            os._exit(70)
+    os.close(request_read)
+    return Spare(pid, request_write, sequence)
+
+
+def _pass_request(destination: int) -> bool:
+    """Move one request (nonce + frame) from the host to a supervisor; False on EOF."""
+    if not _splice_exact(REQUEST_FD, destination, NONCE_BYTES):
+        return False
+    header = read_exact(REQUEST_FD, HEADER.size)  # a length, not a secret
+    if header is None:
+        return False
+    write_all(destination, header)
+    return _splice_exact(REQUEST_FD, destination, HEADER.unpack(header)[0])
+
+
+def _splice_exact(source: int, destination: int, count: int) -> bool:
+    """Pipe-to-pipe copy in the kernel: the bytes never enter this process's memory."""
+    while count:
+        moved = os.splice(source, destination, count)
+        if moved == 0:
+            return False
+        count -= moved
+    return True
 
 
 def _preload(modules: list[str]) -> None:
@@ -75,14 +121,3 @@ def _preload(modules: list[str]) -> None:
         except ImportError:
             pass
     gc.freeze()  # forked children's collections then skip (and do not copy) these pages
-
-
-def _read_into(fd: int, buffer: bytearray) -> bool:
-    """Fill ``buffer`` straight from the pipe (no intermediate bytes copy); False on EOF."""
-    view = memoryview(buffer)
-    while view:
-        got = os.readv(fd, [view])
-        if got == 0:
-            return False
-        view = view[got:]
-    return True
