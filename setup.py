@@ -11,6 +11,10 @@ CORE = [
     "absl-py>=2.1",
     "numpy>=2.0",
     "grain>=0.2.18",
+    "array-record>=0.8",
+    "tensorflow-datasets==4.9.10",
+    # tensorflow-datasets 4.9.10 imports it when building but does not declare it
+    "importlib_resources>=7.1",
     "tokenizers>=0.22",
     "tqdm>=4.66",
     "tensorboardx>=2.6",

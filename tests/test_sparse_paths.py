@@ -1,0 +1,93 @@
+"""Sparse attention forms agree, and dynamic routing reduces to static top-k at k_min = k_max."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glm5_jax.config import tiny
+from glm5_jax.model import sparse_attention as sa
+from glm5_jax.model.indexer import NO_KEY, index_scores, select_topk
+from glm5_jax.model.router import Router, dynamic_keep_mask
+from glm5_jax.model.transformer import attention_mask
+from hf_reference import relative_error
+
+
+@pytest.mark.parametrize("seq,topk,segments", [(24, 8, False), (40, 16, True), (12, 16, False)])
+def test_gather_path_equals_masked_dense(seq, topk, segments):
+    rng = np.random.RandomState(seq + topk)
+    b, h, c, r, nope, v = 2, 3, 16, 8, 8, 12
+    q_nope = rng.randn(b, seq, h, nope).astype(np.float32)
+    q_rope = rng.randn(b, seq, h, r).astype(np.float32)
+    latent = rng.randn(b, seq, c).astype(np.float32)
+    k_rope = rng.randn(b, seq, r).astype(np.float32)
+    kv_b = rng.randn(c, h, nope + v).astype(np.float32) / 4
+    segment_ids = (np.arange(seq)[None] >= seq // 3).astype(np.int32).repeat(b, 0) + 1 if segments else None
+    mask = attention_mask(seq, None if segment_ids is None else jnp.asarray(segment_ids), b)
+    q_idx = rng.randn(b, seq, 4, 8).astype(np.float32)
+    k_idx = rng.randn(b, seq, 8).astype(np.float32)
+    w_idx = rng.randn(b, seq, 4).astype(np.float32)
+    chosen = select_topk(index_scores(q_idx, k_idx, w_idx, mask, 0.3), topk)
+    if seq > topk:
+        assert bool(jnp.any(chosen == NO_KEY)), "early queries have fewer than k keys"
+    scale = 0.2
+    # masked dense: expand the latent into per-head keys and values
+    kv = jnp.einsum("btc,chd->bthd", latent, kv_b)
+    keys = jnp.concatenate([kv[..., :nope], jnp.broadcast_to(k_rope[:, :, None], (b, seq, h, r))], -1)
+    dense = sa.masked_dense_attention(jnp.concatenate([q_nope, q_rope], -1), keys, kv[..., nope:],
+                                      mask & sa.selection_mask(chosen, seq), scale)
+    q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])
+    gathered = jnp.einsum("bshc,chv->bshv",
+                          sa.gathered_latent_attention(q_latent, q_rope, latent, k_rope, chosen, scale),
+                          kv_b[..., nope:])
+    assert relative_error(gathered, dense) <= 1e-5
+
+
+def test_selection_never_crosses_documents_or_the_future():
+    seq, b = 20, 1
+    segment_ids = jnp.asarray([[1] * 7 + [2] * 13])
+    mask = attention_mask(seq, segment_ids, b)
+    rng = np.random.RandomState(0)
+    scores = index_scores(rng.randn(b, seq, 4, 8), rng.randn(b, seq, 8), rng.randn(b, seq, 4), mask, 1.0)
+    chosen = np.asarray(select_topk(scores, 5))
+    for t in range(seq):
+        for s in chosen[0, t]:
+            if s != NO_KEY:
+                assert s <= t and segment_ids[0, s] == segment_ids[0, t]
+
+
+def _route(config, x):
+    router = Router(config)
+    variables = router.init(jax.random.PRNGKey(1), x)
+    variables = {"params": variables["params"],
+                 "routing": {"e_score_correction_bias": 0.05 * jnp.arange(config.n_routed_experts, dtype=jnp.float32)}}
+    return router.apply(variables, x)
+
+
+def test_dynamic_routing_with_k_min_equal_k_max_is_static_topk():
+    x = jnp.asarray(np.random.RandomState(0).randn(64, tiny().hidden_size), jnp.float32)
+    static = tiny()
+    dynamic = tiny().replace(router_mode="dynamic", router_k_min=2, router_k_max=2)
+    w_s, ids_s, _ = _route(static, x)
+    w_d, ids_d, _ = _route(dynamic, x)
+    np.testing.assert_array_equal(ids_s, ids_d)
+    np.testing.assert_allclose(w_s, w_d, rtol=1e-6)
+
+
+def test_dynamic_routing_varies_expert_count_within_bounds():
+    x = jnp.asarray(3 * np.random.RandomState(1).randn(256, tiny().hidden_size), jnp.float32)
+    config = tiny().replace(router_mode="dynamic", router_k_min=1, router_k_max=4, router_score_threshold=0.6)
+    weights, ids, _ = _route(config, x)
+    active = np.asarray(ids < config.n_routed_experts).sum(-1)
+    assert active.min() >= 1 and active.max() <= 4
+    assert len(np.unique(active)) > 1, "the count should depend on the token"
+    # dropped slots carry no weight; kept weights are renormalised to routed_scaling_factor
+    assert np.all(np.asarray(weights)[np.asarray(ids) == config.n_routed_experts] == 0)
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), config.routed_scaling_factor, rtol=1e-5)
+
+
+def test_keep_mask_hand_computed():
+    weights = jnp.asarray([[0.5, 0.3, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    keep = dynamic_keep_mask(weights, k_min=1, threshold=0.7)
+    # row 0: mass before slots = 0, .5, .8, .9 -> keep first two; row 1: 0, .25, .5, .75 -> three
+    np.testing.assert_array_equal(keep, [[True, True, False, False], [True, True, True, False]])
