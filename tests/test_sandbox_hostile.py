@@ -9,8 +9,11 @@ the same helpers still pass a good sample.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 
@@ -186,3 +189,49 @@ def test_hostile_code_runs_unprivileged_and_without_network(pool):
     expected = {"net-ns", "pid-ns", "mount-ns", "read-only-root", "private-tmp", "private-proc"}
     assert expected <= set(result.isolation)
     assert result.status is Status.PASSED
+
+
+def interpreter_for(uid: int) -> str | None:
+    """A python3 that ``uid`` can execute (the venv's may live under a private /root)."""
+    for candidate in (shutil.which("python3"), "/usr/bin/python3", "/usr/local/bin/python3"):
+        if not candidate:
+            continue
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; assert sys.version_info >= (3, 10)"],
+                user=uid, group=uid, extra_groups=[], capture_output=True, cwd="/", check=False)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start the host as another user")
+def test_unprivileged_host_contains_every_case_through_user_namespaces():
+    nobody = 65534
+    python = interpreter_for(nobody)
+    if python is None:
+        pytest.skip("no python3 >= 3.10 that an unprivileged user can execute")
+    targets = HostTargets()
+    try:
+        os.chown(targets.canary_dir, nobody, nobody)  # the canary belongs to the host user,
+        os.chown(targets.canary, nobody, nobody)      # as it would for a non-root host
+        values = {k: v for k, v in targets.substitutions().items() if k != "host_pid"}
+        completed = subprocess.run(
+            [python, os.path.join(os.path.dirname(__file__), "hostile_cases",
+                                  "unprivileged_host.py"), json.dumps(values)],
+            user=nobody, group=nobody, extra_groups=[], capture_output=True, text=True,
+            cwd="/", timeout=300, check=False)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        report = json.loads(completed.stdout.splitlines()[-1])
+        targets.assert_intact()
+    finally:
+        targets.close()
+    assert report["benign_passed"] == [True, True]
+    if "user-ns" not in report["isolation"]:
+        pytest.skip("this kernel forbids unprivileged user namespaces: weaker fallback only")
+    assert {"net-ns", "pid-ns", "mount-ns", "private-tmp"} <= set(report["isolation"])
+    passed = {name: outcome for name, outcome in report["cases"].items() if outcome[0]}
+    assert passed == {}
+    assert len(report["cases"]) == len(CASES)

@@ -99,8 +99,11 @@ CASES = [
          "    except OSError:\n        pass",
          ("assert found",)),
     case("kill_host_process", "import os, signal\nos.kill({host_pid}, signal.SIGKILL)"),
-    case("kill_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
-                        "os.kill(1, signal.SIGKILL)"),
+    case("kill_parent",
+         "import os, signal\nfor pid in (os.getppid(), 1):\n    try:\n"
+         "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass",
+         ("import os\ntry:\n    os.kill(os.getppid(), 0)\n    parent_alive = True\n"
+          "except ProcessLookupError:\n    parent_alive = False\nassert not parent_alive",)),
     case("kill_every_process_it_can", "import os, signal\nos.kill(-1, signal.SIGKILL)"),
     case("kill_own_group", "import os, signal\nos.killpg(0, signal.SIGKILL)"),
     case("read_parent_memory", "open('/proc/1/mem', 'rb').read(1)"),

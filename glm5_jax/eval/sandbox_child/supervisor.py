@@ -53,7 +53,6 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != zygote_pid:
         os._exit(1)  # the zygote died between fork and prctl
-    linux.prctl(linux.PR_SET_DUMPABLE, 0)  # same-uid processes cannot ptrace us or read our fds
     sandbox, failure = None, ""
     try:
         sandbox = _prepare(config)
@@ -82,7 +81,12 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
 
 
 def _prepare(config: ZygoteConfig) -> PreparedSandbox:
-    namespaces = isolation.enter_namespaces() if config.use_namespaces else []
+    try:
+        namespaces = isolation.enter_namespaces() if config.use_namespaces else []
+    finally:
+        # Only now: a non-dumpable process cannot write its own user-namespace maps.
+        # Then same-uid processes can neither ptrace us nor open our descriptors.
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
     workdir, fs_tags, host_dir = isolation.prepare_filesystem(namespaces, config.uid, config.gid)
     step_read, step_write = os.pipe()
     report_read, report_write = os.pipe()
