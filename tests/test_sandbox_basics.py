@@ -83,6 +83,13 @@ def test_output_is_captured_counted_and_capped(pool):
     assert result.stderr_tail == "oops\n" and result.stderr_bytes == 5
 
 
+def test_scratch_space_is_size_limited_per_sample(pool):
+    write = "open('/tmp/blob', 'wb').write(b'x' * (3 << 20))"
+    assert pool.run(write).passed
+    small = pool.run(write, limits=SandboxLimits(timeout_s=2.0, scratch_bytes=1 << 20))
+    assert small.status is Status.FAILED and "No space left on device" in small.reason
+
+
 def test_stdin_is_empty(pool):
     result = pool.run("import sys\nassert sys.stdin.read() == ''\ninput()")
     assert result.status is Status.FAILED and "EOFError" in result.reason

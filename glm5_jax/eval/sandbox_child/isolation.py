@@ -103,6 +103,8 @@ def prepare_filesystem(namespaces: list[str], uid: int | None,
 def resize_scratch(size_bytes: int) -> None:
     """Give the private scratch mounts the sample's own size limit (they were mounted
     ahead of the request with the default)."""
+    if size_bytes == SandboxLimits().scratch_bytes:
+        return
     for directory in SCRATCH_DIRS:
         if os.path.isdir(directory):
             linux.mount(None, directory, None,
