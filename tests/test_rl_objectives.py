@@ -1,0 +1,116 @@
+"""Off-policy objectives, advantages and credit assignment on hand-computed examples."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glm5_jax.rl.advantages import group_advantages
+from glm5_jax.rl.credit_assignment import discounted_turn_returns, turn_advantages
+from glm5_jax.rl.objectives import (decoupled_loss, direct_double_sided_loss, double_sided_mask,
+                                    policy_objective, reference_kl, truncated_is_loss)
+
+
+def test_double_sided_mask_keeps_only_ratios_inside_the_band():
+    ratio = jnp.array([0.5, 0.79, 0.8, 1.0, 1.28, 1.29, 3.0])
+    keep = double_sided_mask(ratio, eps_low=0.2, eps_high=0.28)
+    assert keep.tolist() == [False, False, True, True, True, False, False]
+
+
+def test_direct_double_sided_masks_instead_of_clipping():
+    # Four policy tokens and one feedback token. Ratios: 1.0, 1.25, 2.0 (masked), 0.5 (masked).
+    rollout = jnp.log(jnp.array([[0.5, 0.4, 0.25, 0.5, 0.9]]))
+    current = jnp.log(jnp.array([[0.5, 0.5, 0.5, 0.25, 0.1]]))
+    advantages = jnp.array([[1.0, 1.0, 1.0, -2.0, 5.0]])
+    loss_mask = jnp.array([[1, 1, 1, 1, 0]])
+    out = direct_double_sided_loss(current, rollout, advantages, loss_mask, 0.2, 0.28)
+    # Kept: tokens 0 and 1 -> -(1.0 * 1 + 1.25 * 1) / 4 policy tokens.
+    assert float(out.loss) == pytest.approx(-(1.0 + 1.25) / 4, rel=1e-6)
+    assert float(out.kept_fraction) == pytest.approx(0.5)
+    assert float(out.mean_ratio) == pytest.approx((1.0 + 1.25 + 2.0 + 0.5) / 4, rel=1e-6)
+
+    grad = jax.grad(lambda lp: direct_double_sided_loss(lp, rollout, advantages, loss_mask,
+                                                        0.2, 0.28).loss)(current)
+    # d/dlogp of -r*A/4 is -r*A/4 on kept tokens; masked and feedback tokens get exactly zero
+    # (PPO's clip would still push the 0.5-ratio token with negative advantage; masking does not).
+    np.testing.assert_allclose(np.asarray(grad), [[-0.25, -1.25 / 4, 0.0, 0.0, 0.0]], rtol=1e-6)
+
+
+def test_decoupled_objective_at_the_proximal_point_is_weighted_policy_gradient():
+    rollout = jnp.log(jnp.array([[0.5, 0.2]]))
+    proximal = jnp.log(jnp.array([[0.25, 0.4]]))  # behaviour weights 0.5 and 2.0
+    advantages = jnp.array([[2.0, -1.0]])
+    mask = jnp.array([[1, 1]])
+    out = decoupled_loss(proximal, proximal, rollout, advantages, mask, clip_eps=0.2)
+    assert float(out.loss) == pytest.approx(-(0.5 * 2.0 + 2.0 * -1.0) / 2, rel=1e-6)
+    capped = decoupled_loss(proximal, proximal, rollout, advantages, mask, clip_eps=0.2,
+                            behaviour_weight_cap=1.0)
+    assert float(capped.loss) == pytest.approx(-(0.5 * 2.0 + 1.0 * -1.0) / 2, rel=1e-6)
+    # Beyond the clip range with positive advantage, the token stops pushing.
+    moved = proximal + jnp.log(jnp.array([[1.5, 1.0]]))
+    grad = jax.grad(lambda lp: decoupled_loss(lp, proximal, rollout, advantages, mask, 0.2).loss)(moved)
+    assert float(grad[0, 0]) == 0.0 and float(grad[0, 1]) != 0.0
+
+
+def test_truncated_is_caps_the_weight_but_keeps_every_token():
+    rollout = jnp.log(jnp.array([[0.1, 0.5]]))
+    current = jnp.log(jnp.array([[0.5, 0.5]]))  # ratios 5.0 and 1.0
+    advantages = jnp.array([[1.0, 1.0]])
+    mask = jnp.array([[1, 1]])
+    grad = jax.grad(lambda lp: truncated_is_loss(lp, rollout, advantages, mask, cap=2.0).loss)(current)
+    np.testing.assert_allclose(np.asarray(grad), [[-2.0 / 2, -1.0 / 2]], rtol=1e-6)
+
+
+def test_policy_objective_dispatch_and_errors():
+    x = jnp.zeros((1, 2))
+    mask = jnp.ones((1, 2))
+    for name in ("direct_double_sided", "truncated_is"):
+        assert policy_objective(name, x, x, x, mask).loss.shape == ()
+    assert policy_objective("decoupled", x, x, x, mask, proximal_logprobs=x).loss.shape == ()
+    with pytest.raises(ValueError, match="proximal_logprobs"):
+        policy_objective("decoupled", x, x, x, mask)
+    with pytest.raises(ValueError, match="allowed"):
+        policy_objective("ppo", x, x, x, mask)
+
+
+def test_reference_kl_is_zero_at_the_reference_and_k3_elsewhere():
+    logp = jnp.log(jnp.array([[0.5, 0.25]]))
+    mask = jnp.array([[1, 0]])
+    assert float(reference_kl(logp, logp, mask)) == 0.0
+    ref = jnp.log(jnp.array([[0.25, 0.9]]))
+    d = math.log(0.25) - math.log(0.5)
+    assert float(reference_kl(logp, ref, mask)) == pytest.approx(math.exp(d) - d - 1, rel=1e-6)
+
+
+def test_group_advantages():
+    returns = np.array([[1.0, 0.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5], [3.0, 1.0, 2.0, 2.0]])
+    adv = group_advantages(returns)
+    np.testing.assert_allclose(adv[0], [1, -1, 1, -1], rtol=1e-6)
+    np.testing.assert_array_equal(adv[1], 0.0)  # no signal in a uniform group
+    std = np.std([3.0, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(adv[2], np.array([1.0, -1.0, 0.0, 0.0]) / std, rtol=1e-6)
+    np.testing.assert_allclose(group_advantages(returns, normalize_by_std=False)[2], [1, -1, 0, 0])
+
+
+def test_discounted_turn_returns_credit_the_final_outcome_backwards():
+    np.testing.assert_allclose(discounted_turn_returns([0.0, 0.0, 1.0], 0.5), [0.25, 0.5, 1.0])
+    np.testing.assert_allclose(discounted_turn_returns([0.1, 0.0, 1.0], 0.5), [0.35, 0.5, 1.0])
+    np.testing.assert_allclose(discounted_turn_returns([1.0], 0.9), [1.0])
+    with pytest.raises(ValueError):
+        discounted_turn_returns([1.0], 1.5)
+
+
+def test_turn_advantages_use_the_episode_baseline():
+    # Sample A passed at turn 2 of 2 (G = [0.5, 1]); sample B passed at once (G = [1]);
+    # sample C never passed (G = [0, 0]).
+    a, b, c = np.array([0.5, 1.0]), np.array([1.0]), np.array([0.0, 0.0])
+    out = turn_advantages([a, b, c])
+    episode = np.array([0.5, 1.0, 0.0])
+    mean, std = episode.mean(), episode.std()
+    np.testing.assert_allclose(out[0], (a - mean) / std, rtol=1e-6)
+    np.testing.assert_allclose(out[1], (b - mean) / std, rtol=1e-6)
+    np.testing.assert_allclose(out[2], (c - mean) / std, rtol=1e-6)
+    assert out[1][0] > out[0][0]  # passing at once beats needing a repair
+    np.testing.assert_array_equal(turn_advantages([np.zeros(2), np.zeros(1)])[0], 0.0)
