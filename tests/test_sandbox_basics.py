@@ -154,3 +154,25 @@ def test_as_root_each_worker_has_its_own_unprivileged_uid(pool):
     results = pool.map(["import time, os\ntime.sleep(0.3)\nprint(os.getuid())"] * 2)
     uids = {int(r.stdout_tail) for r in results}
     assert len(uids) == 2 and 0 not in uids
+
+
+def test_workdir_cleanup_never_changes_permissions_outside_the_tree(tmp_path):
+    from glm5_jax.eval.sandbox_child.supervisor import _remove_tree, permission_fixer
+
+    parent, outside = tmp_path / "parent", tmp_path / "outside"
+    parent.mkdir(mode=0o755)
+    outside.mkdir(mode=0o755)
+    tree = parent / "work"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "link").symlink_to(outside)
+    _remove_tree(str(tree))
+    _remove_tree(str(tree))  # already gone: a no-op, not a chmod of the parent
+    assert not tree.exists() and outside.exists()
+    assert (parent.stat().st_mode & 0o7777, outside.stat().st_mode & 0o7777) == (0o755, 0o755)
+
+    fixer = permission_fixer(str(tree))
+    denied = (PermissionError, PermissionError(13, "denied"), None)
+    for path in (str(tree), str(parent / "elsewhere"), str(outside)):
+        with pytest.raises(PermissionError):
+            fixer(os.unlink, path, denied)
+    assert (parent.stat().st_mode & 0o7777, outside.stat().st_mode & 0o7777) == (0o755, 0o755)

@@ -47,6 +47,7 @@ class HostTargets:
         os.chmod(self.canary, 0o644)
         self.canary_mode = os.stat(self.canary).st_mode
         self.marker = f"glm5-hostile-{token}"
+        self.scratch_modes = {d: os.stat(d).st_mode for d in ("/tmp", "/var/tmp", "/dev/shm")}
         self.secret_name, self.secret = "GLM5_HOSTILE_SECRET", f"secret-{token}"
         self.tcp = socket.create_server(("127.0.0.1", 0))
         self.tcp.setblocking(False)
@@ -66,8 +67,9 @@ class HostTargets:
             assert handle.read() == "canary"
         assert os.stat(self.canary).st_mode == self.canary_mode
         assert sorted(os.listdir(self.canary_dir)) == ["canary.txt"]
-        for directory in ("/tmp", "/var/tmp", "/dev/shm"):
+        for directory, mode in self.scratch_modes.items():
             assert not os.path.exists(os.path.join(directory, self.marker))
+            assert os.stat(directory).st_mode == mode
         for listener in (self.tcp, self.unix):
             with pytest.raises(BlockingIOError):
                 listener.accept()  # nobody ever connected
@@ -235,3 +237,31 @@ def test_unprivileged_host_contains_every_case_through_user_namespaces():
     passed = {name: outcome for name, outcome in report["cases"].items() if outcome[0]}
     assert passed == {}
     assert len(report["cases"]) == len(CASES)
+
+
+# Contained by the uid drop alone, when the kernel refuses namespaces to a root host.
+WITHOUT_NAMESPACES = ("fork_bomb", "memory_bomb", "huge_stdout", "overwrite_canary",
+                      "delete_canary", "rmtree_canary_dir", "chmod_canary",
+                      "create_file_beside_canary", "regain_root", "read_host_environment",
+                      "read_host_environ_through_proc", "kill_host_process", "kill_parent",
+                      "kill_every_process_it_can", "read_parent_memory", "os_exit_0_inside_test",
+                      "forge_reports_on_every_fd", "zombie_children", "daemon_escapes_session",
+                      "unset_parent_death_signal")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop needs a root host")
+def test_root_host_without_namespaces_still_contains_what_the_uid_drop_covers(host_targets):
+    cases = [case for case in CASES if case.name in WITHOUT_NAMESPACES]
+    assert len(cases) == len(WITHOUT_NAMESPACES)
+    values = host_targets.substitutions()
+    policy = IsolationPolicy(use_namespaces=False)
+    with SandboxPool(workers=2, limits=LIMITS, policy=policy) as weak_pool:
+        results = weak_pool.map([SandboxJob(case.program.format(**values),
+                                            tuple(t.format(**values) for t in case.tests))
+                                 for case in cases])
+        litter = weak_pool.run(f"open('/tmp/{host_targets.marker}', 'w').write('x')")
+        assert weak_pool.run(BENIGN.program, BENIGN.tests).passed
+    assert {case.name: r.reason for case, r in zip(cases, results, strict=True) if r.passed} == {}
+    assert litter.passed and "host-tempdir" in litter.isolation  # it could write /tmp ...
+    host_targets.assert_intact()  # ... but the file was removed with the sample
+    assert sandbox_uid_processes() == []

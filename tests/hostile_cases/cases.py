@@ -27,6 +27,9 @@ def case(name: str, program: str, tests: tuple[str, ...] = ("assert True",),
     return HostileCase(name, program, tests, frozenset(statuses))
 
 
+PARENT_IS_GONE = ("import os\ntry:\n    os.kill(os.getppid(), 0)\n    parent_alive = True\n"
+                  "except ProcessLookupError:\n    parent_alive = False\nassert not parent_alive")
+
 # Searches every frame and every gc-tracked container for the test's source text
 # ("assert found", spelled backwards here so the program does not contain it) and would
 # pass if the sandbox held the tests in memory while the program's top level runs.
@@ -102,9 +105,12 @@ CASES = [
     case("kill_parent",
          "import os, signal\nfor pid in (os.getppid(), 1):\n    try:\n"
          "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass",
-         ("import os\ntry:\n    os.kill(os.getppid(), 0)\n    parent_alive = True\n"
-          "except ProcessLookupError:\n    parent_alive = False\nassert not parent_alive",)),
-    case("kill_every_process_it_can", "import os, signal\nos.kill(-1, signal.SIGKILL)"),
+         (PARENT_IS_GONE,)),
+    # kill(-1) reports success whenever other processes exist, even if it could signal
+    # none of them, so the test checks the effect: is the parent (init) gone?
+    case("kill_every_process_it_can",
+         "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass",
+         (PARENT_IS_GONE,)),
     case("kill_own_group", "import os, signal\nos.killpg(0, signal.SIGKILL)"),
     case("read_parent_memory", "open('/proc/1/mem', 'rb').read(1)"),
     # -- the network ---------------------------------------------------------------------

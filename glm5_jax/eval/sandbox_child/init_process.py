@@ -15,7 +15,8 @@ import select
 import signal
 
 from glm5_jax.eval.sandbox_child import linux
-from glm5_jax.eval.sandbox_child.isolation import close_fds_except, mount_private_proc
+from glm5_jax.eval.sandbox_child.isolation import (
+    close_fds_except, kill_and_reap_children, mount_private_proc)
 from glm5_jax.eval.sandbox_child.runner import RunnerChannels, RunnerSetup, become_runner
 
 PRIVATE_PROC_TAG = "private-proc"
@@ -61,7 +62,8 @@ def become_init(channels: RunnerChannels, setup: RunnerSetup, status_write: int,
         pass
     except BaseException:  # noqa: BLE001 - init must never fall back into caller code
         pass
-    _kill_descendants(runner_pid)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    kill_and_reap_children(runner_pid)  # the runner leads its own process group
     os._exit(0)
 
 
@@ -75,34 +77,3 @@ def _wait_for(runner_pid: int) -> int:
         pid, status = os.waitpid(-1, 0)
         if pid == runner_pid:
             return status
-
-
-def _kill_descendants(runner_pid: int) -> None:
-    """SIGKILL every child until none is left; orphans keep re-parenting to us meanwhile."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if runner_pid > 0:
-        try:
-            os.killpg(runner_pid, signal.SIGKILL)  # the runner leads its own group
-        except OSError:
-            pass
-    while True:
-        for pid in _children():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-
-
-def _children() -> list[int]:
-    children: list[int] = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as handle:
-                children.extend(int(pid) for pid in handle.read().split())
-    except OSError:
-        pass
-    return children

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -243,3 +245,67 @@ def _live_pids_of_uid(uid: int) -> list[int]:
         if uid in (int(real), int(effective)):
             pids.append(int(name))
     return pids
+
+
+def remove_files_of_uid(uid: int, directories: tuple[str, ...] = SCRATCH_DIRS) -> int:
+    """Delete what ``uid`` left at the top of the shared scratch dirs; returns the count.
+
+    Only needed without a mount namespace, when a sample's /tmp is the host's. Run after
+    every process of ``uid`` is dead, so nothing can race it; symlinks are removed, never
+    followed, and directories go through ``shutil.rmtree``'s descriptor-based walk.
+    """
+    removed = 0
+    for directory in directories:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+                if info.st_uid != uid:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed += 1
+            except OSError:
+                continue
+    return removed
+
+
+def kill_and_reap_children(process_group: int = 0) -> None:
+    """SIGKILL every child (and ``process_group``) and reap until none is left.
+
+    For a child subreaper: orphans of the killed keep re-parenting to this process
+    while it runs, so it loops until waitpid reports no children at all. No zombie of
+    the sample outlives this call, even without a pid namespace.
+    """
+    if process_group > 0:
+        try:
+            os.killpg(process_group, signal.SIGKILL)
+        except OSError:
+            pass
+    while True:
+        for pid in _children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _children() -> list[int]:
+    children: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                children.extend(int(pid) for pid in handle.read().split())
+    except OSError:
+        pass
+    return children

@@ -115,6 +115,8 @@ def _prepare(config: ZygoteConfig) -> PreparedSandbox:
             os._exit(70)
     for fd in (step_read, report_write, stdout_write, stderr_write, status_write, lifeline_read):
         os.close(fd)
+    if "pid-ns" not in namespaces:
+        linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)  # descendants that escape init come here
     pipes = WatchedPipes(step_write, report_read, stdout_read, stderr_read, status_read)
     return PreparedSandbox(config, namespaces, fs_tags, host_dir, init_pid, pipes, lifeline_write)
 
@@ -172,20 +174,42 @@ def _stop_init(sandbox: PreparedSandbox) -> None:
 def _tear_down(sandbox: PreparedSandbox) -> None:
     """Stop the tree, sweep the uid where no pid namespace did it, delete host files."""
     _stop_init(sandbox)
-    if sandbox.config.uid is not None and not sandbox.pid_ns:
-        isolation.kill_processes_of_uid(sandbox.config.uid)
-    if sandbox.host_dir is not None:
-        _remove_tree(sandbox.host_dir)
-        sandbox.host_dir = None
+    if not sandbox.pid_ns:  # orphans re-parented to us (a subreaper): kill and reap them
+        if sandbox.config.uid is not None:
+            isolation.kill_processes_of_uid(sandbox.config.uid)
+        isolation.kill_and_reap_children()
+    host_dir, sandbox.host_dir = sandbox.host_dir, None
+    if host_dir is not None:
+        _remove_tree(host_dir)
+    if sandbox.config.uid is not None and "private-tmp" not in sandbox.fs_tags:
+        isolation.remove_files_of_uid(sandbox.config.uid)
 
 
 def _remove_tree(path: str) -> None:
     """Delete the host-side workdir even if the sample removed its own permissions."""
-    def make_writable_and_retry(function, failed_path, _exc_info) -> None:
-        parent = os.path.dirname(failed_path)
+    root = os.path.realpath(path)
+    if os.path.lexists(root):
+        shutil.rmtree(root, onerror=permission_fixer(root))
+
+
+def permission_fixer(root: str):
+    """An ``rmtree`` error handler that restores owner permissions *inside* ``root`` only.
+
+    It never touches ``root``'s parent or anything outside the tree, and never follows a
+    symlink (``os.chmod`` would): it only chmods real directories found with ``lstat``.
+    """
+    def retry(function, failed_path: str, exc_info) -> None:
+        error = exc_info[1]
+        if isinstance(error, FileNotFoundError):
+            return
+        failed = os.path.abspath(failed_path)
+        parent = os.path.dirname(failed)
+        inside = failed != root and (parent == root or parent.startswith(root + os.sep))
+        if not inside or not stat.S_ISDIR(os.lstat(parent).st_mode):
+            raise error
         os.chmod(parent, stat.S_IRWXU)
-        if os.path.isdir(failed_path) and not os.path.islink(failed_path):
-            os.chmod(failed_path, stat.S_IRWXU)
+        if stat.S_ISDIR(os.lstat(failed).st_mode):
+            os.chmod(failed, stat.S_IRWXU)
         function(failed_path)
 
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+    return retry

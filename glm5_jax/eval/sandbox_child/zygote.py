@@ -81,6 +81,10 @@ def _start_spare(config: ZygoteConfig, zygote_pid: int, sequence: int) -> Spare:
             from glm5_jax.eval.sandbox_child.supervisor import run_supervisor
 
             run_supervisor(config, request_read, RESPONSE_FD, zygote_pid, sequence)
+        except BaseException:  # noqa: BLE001 - a harness bug: say where on the host's stderr
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(70)
     os.close(request_read)
