@@ -7,7 +7,7 @@ The kernels in this package therefore come in a "tpu" and a "gpu" formulation th
 share their math, and this module decides, once per call, which one to trace:
 
 * ``backend`` is "tpu", "gpu" or "cpu" (None: ``jax.default_backend()``).
-* ``interpret`` None means "interpret exactly when the backend is cpu".
+* ``interpret`` None means "interpret when running on cpu".
 * On cpu the kernels run in Pallas interpret mode with the "tpu" formulation;
   tests also run the "gpu" formulation in interpret mode by passing backend="gpu".
 """
@@ -33,9 +33,10 @@ def resolve_backend(backend: str | None) -> str:
 
 
 def resolve_interpret(interpret: bool | None, backend: str) -> bool:
-    """None means: interpret on cpu, compile elsewhere."""
+    """None means: interpret exactly when this process runs on cpu (so backend="gpu" on
+    a cpu host interprets the Triton formulation); compiling for "cpu" is impossible."""
     if interpret is None:
-        return backend == "cpu"
+        return backend == "cpu" or jax.default_backend() == "cpu"
     if backend == "cpu" and not interpret:
         raise ValueError("Pallas kernels have no compiled cpu backend; use interpret=True")
     return bool(interpret)

@@ -213,8 +213,10 @@ def _reference_block(q, k, v, topk_indices, scale):
     valid = (topk_indices >= 0) & (topk_indices < kv_len)  # [batch, q_len, topk]
     safe = jnp.where(valid, topk_indices, 0)
     gather = jax.vmap(lambda rows, ids: rows[ids])  # per batch: [kv_len, ...] -> [q, topk, ...]
-    k_sel = gather(k, safe).astype(jnp.float32)  # [batch, q_len, topk, kv_heads, d_qk]
-    v_sel = gather(v, safe).astype(jnp.float32)
+    # Upcast before gathering, so the gradient's scatter-add over slots runs in f32 (in
+    # bf16 the sum over many slots hitting one key would round at every add).
+    k_sel = gather(k.astype(jnp.float32), safe)  # [batch, q_len, topk, kv_heads, d_qk]
+    v_sel = gather(v.astype(jnp.float32), safe)
     heads = q.shape[2]
     if k.shape[2] == 1:
         k_sel = jnp.broadcast_to(k_sel, k_sel.shape[:3] + (heads, k_sel.shape[4]))

@@ -1,0 +1,219 @@
+"""Top-k sparse attention kernels vs. the reference, forward and gradients, interpret mode.
+
+Fresh inputs per run (hypothesis), poisoned outputs, tolerances from the dtype. The
+reference is checked against a float64 numpy loop, and the whole DSA path (indexer ->
+top-k -> sparse attention) against dense causal attention when top-k keeps every key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from pallas_kernels.indexer_scores import indexer_scores, select_topk
+from pallas_kernels.poison import poisoned_outputs
+from pallas_kernels.sparse_attention import (
+    sparse_topk_attention, sparse_topk_attention_reference)
+from pallas_kernels.testing import assert_close, scaled_error, tolerance
+
+
+def slow(max_examples: int) -> settings:
+    """Few examples, no deadline: each new shape compiles an interpreted kernel."""
+    return settings(max_examples=max_examples, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+def numpy_sparse_attention(q, k, v, idx, scale):
+    """float64 oracle: loop over (batch, query, head), softmax over the valid slots."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    idx = np.asarray(idx)
+    batch, q_len, heads, _ = q.shape
+    out = np.zeros((batch, q_len, heads, v.shape[-1]))
+    lse = np.full((batch, q_len, heads), -np.inf)
+    for b in range(batch):
+        for t in range(q_len):
+            slots = [s for s in idx[b, t] if 0 <= s < k.shape[1]]
+            if not slots:
+                continue
+            for h in range(heads):
+                hk = 0 if k.shape[2] == 1 else h
+                logits = scale * np.array([q[b, t, h] @ k[b, s, hk] for s in slots])
+                top = logits.max()
+                weights = np.exp(logits - top)
+                lse[b, t, h] = top + np.log(weights.sum())
+                out[b, t, h] = sum(w * v[b, s, hk] for w, s in zip(weights, slots)) / weights.sum()
+    return out, lse
+
+
+def make_case(seed, batch, q_len, kv_len, heads, shared_kv, d_qk, d_v, topk, invalid,
+              duplicates, dtype):
+    rng = np.random.default_rng(seed)
+    kv_heads = 1 if shared_kv else heads
+    q = jnp.asarray(rng.standard_normal((batch, q_len, heads, d_qk)), dtype)
+    k = jnp.asarray(rng.standard_normal((batch, kv_len, kv_heads, d_qk)), dtype)
+    v = jnp.asarray(rng.standard_normal((batch, kv_len, kv_heads, d_v)), dtype)
+    idx = np.empty((batch, q_len, topk), np.int32)
+    for b in range(batch):
+        for t in range(q_len):
+            if duplicates or topk > kv_len:
+                idx[b, t] = rng.integers(0, kv_len, topk)
+            else:
+                idx[b, t] = rng.permutation(kv_len)[:topk]
+    idx[rng.random(idx.shape) < invalid] = -1
+    idx[rng.random(idx.shape) < 0.05] = kv_len + 3  # out of range: also invalid
+    if q_len > 1:
+        idx[0, rng.integers(q_len)] = -1  # one query with no valid slot at all
+    d_out = jnp.asarray(rng.standard_normal((batch, q_len, heads, d_v)), jnp.float32)
+    d_lse = jnp.asarray(rng.standard_normal((batch, q_len, heads)), jnp.float32)
+    scale = 1.0 / math.sqrt(d_qk)
+    return (q, k, v, jnp.asarray(idx)), (d_out, d_lse), scale
+
+
+@st.composite
+def cases(draw):
+    return dict(
+        seed=draw(st.integers(0, 2**31 - 1)),
+        batch=draw(st.integers(1, 2)),
+        q_len=draw(st.integers(1, 6)),
+        kv_len=draw(st.integers(1, 48)),
+        heads=draw(st.sampled_from([1, 2, 4])),
+        shared_kv=draw(st.booleans()),
+        d_qk=draw(st.integers(1, 40)),
+        d_v=draw(st.integers(1, 24)),
+        topk=draw(st.integers(1, 40)),
+        invalid=draw(st.sampled_from([0.0, 0.3])),
+        duplicates=draw(st.booleans()),
+        dtype=draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
+    )
+
+
+def forward_and_vjp(fn, args, cotangents):
+    @jax.jit
+    def run(q, k, v, idx, d_out, d_lse):
+        outs, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, idx), q, k, v)
+        d_out = d_out.astype(outs[0].dtype)
+        # lse cotangent is irrelevant (and must stay finite) where lse is -inf.
+        d_lse = jnp.where(jnp.isinf(outs[1]), 0.0, d_lse)
+        return outs, vjp((d_out, d_lse))
+
+    return run(*args, *cotangents)
+
+
+def check_kernel(case, backend, block_k):
+    args, cotangents, scale = make_case(**case)
+    dtype = case["dtype"]
+    kernel = lambda q, k, v, idx: sparse_topk_attention(
+        q, k, v, idx, scale=scale, block_k=block_k, backend=backend, bwd_query_chunk=4)
+    reference = lambda q, k, v, idx: sparse_topk_attention_reference(q, k, v, idx, scale=scale)
+    with poisoned_outputs():
+        (out, lse), grads = forward_and_vjp(kernel, args, cotangents)
+    (ref_out, ref_lse), ref_grads = forward_and_vjp(reference, args, cotangents)
+    assert out.dtype == args[0].dtype and lse.dtype == jnp.float32
+    what = f"{case} block_k={block_k}"
+    assert_close(out, ref_out, dtype, "out " + what)
+    assert_close(lse, ref_lse, dtype, "lse " + what)
+    for name, grad, ref in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert grad.dtype == args[0].dtype
+        assert_close(grad, ref, dtype, f"{name} {what}")
+
+
+@slow(15)
+@given(case=cases())
+def test_reference_matches_numpy_loop(case):
+    case = {**case, "dtype": jnp.float32, "batch": 1}
+    (q, k, v, idx), _, scale = make_case(**case)
+    out, lse = jax.jit(sparse_topk_attention_reference, static_argnames="scale")(
+        q, k, v, idx, scale=scale)
+    expected_out, expected_lse = numpy_sparse_attention(q, k, v, idx, scale)
+    assert scaled_error(out, expected_out) <= tolerance(jnp.float32), case
+    assert scaled_error(lse, expected_lse) <= tolerance(jnp.float32), case
+
+
+@slow(5)
+@given(case=cases(), block_k=st.sampled_from([8, 16]))
+def test_tpu_formulation_matches_reference(case, block_k):
+    check_kernel(case, "cpu", block_k)
+
+
+@slow(3)
+@given(case=cases(), block_k=st.sampled_from([16, 32]))
+def test_gpu_formulation_matches_reference(case, block_k):
+    check_kernel(case, "gpu", block_k)
+
+
+def test_reference_query_chunks_agree():
+    seed = np.random.SeedSequence().entropy % 2**31
+    args, _, scale = make_case(seed, 2, 7, 30, 2, True, 16, 8, 12, 0.3, False, jnp.float32)
+    reference = jax.jit(sparse_topk_attention_reference, static_argnames=("scale", "query_chunk"))
+    whole = reference(*args, scale=scale)
+    chunked = reference(*args, scale=scale, query_chunk=3)
+    for a, b in zip(chunked, whole):
+        assert_close(a, b, jnp.float32, f"seed={seed}")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_dsa_path_equals_dense_causal_attention(backend):
+    """indexer -> select_topk -> sparse attention, with topk >= seq, is causal attention.
+
+    MLA shapes: one shared latent per token, d_qk (latent + rope) != d_v (latent).
+    """
+    seed = np.random.SeedSequence().entropy % 2**31
+    rng = np.random.default_rng(seed)
+    batch, seq, heads, d_qk, d_v, index_heads, d_index = 2, 24, 4, 40, 32, 2, 16
+    q = jnp.asarray(rng.standard_normal((batch, seq, heads, d_qk)), jnp.float32)
+    latent = jnp.asarray(rng.standard_normal((batch, seq, 1, d_qk)), jnp.float32)
+    values = latent[..., :d_v]  # MLA: the value is the latent without its rope part
+    index_q = jnp.asarray(rng.standard_normal((batch, seq, index_heads, d_index)), jnp.float32)
+    index_k = jnp.asarray(rng.standard_normal((batch, seq, d_index)), jnp.float32)
+    index_w = jnp.asarray(rng.random((batch, seq, index_heads)), jnp.float32)
+    scale = 1.0 / math.sqrt(d_qk)
+
+    @jax.jit
+    def dsa(q, latent, values):
+        scores = indexer_scores(index_q, index_k, index_w, block_q=8, block_k=8, backend=backend)
+        idx = select_topk(scores, topk=seq + 5)  # keeps every visible key, pads with -1
+        return sparse_topk_attention(q, latent, values, idx, scale=scale, block_k=16,
+                                     backend=backend)[0]
+
+    with poisoned_outputs():
+        out = dsa(q, latent, values)
+    logits = jnp.einsum("bthd,bsd->bhts", q, latent[:, :, 0]) * scale
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    dense = jnp.einsum("bhts,bsd->bthd",
+                       jax.nn.softmax(jnp.where(causal, logits, -jnp.inf), axis=-1),
+                       values[:, :, 0])
+    assert_close(out, dense, jnp.float32, f"seed={seed}")
+
+
+def _largest_intermediate(jaxpr) -> int:
+    """Size of the largest array any equation (at any nesting depth) produces."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()), dtype=np.int64)))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            largest = max(largest, _largest_intermediate(sub))
+    return largest
+
+
+def test_cost_scales_with_seq_times_topk_not_seq_squared():
+    """No array of size seq * kv_len appears in the forward or backward program."""
+    batch, seq, heads, d_qk, d_v, topk = 1, 512, 2, 8, 8, 16
+    shapes = (jax.ShapeDtypeStruct((batch, seq, heads, d_qk), jnp.float32),
+              jax.ShapeDtypeStruct((batch, seq, 1, d_qk), jnp.float32),
+              jax.ShapeDtypeStruct((batch, seq, 1, d_v), jnp.float32),
+              jax.ShapeDtypeStruct((batch, seq, topk), jnp.int32))
+
+    def loss(q, k, v, idx):
+        out, lse = sparse_topk_attention(q, k, v, idx, scale=0.1, block_k=16, backend="cpu",
+                                         bwd_query_chunk=64)
+        return jnp.sum(out) + jnp.sum(jnp.where(jnp.isinf(lse), 0.0, lse))
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(*shapes).jaxpr
+    assert _largest_intermediate(jaxpr) < seq * seq // 4
