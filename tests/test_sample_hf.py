@@ -53,3 +53,34 @@ def test_sharded_decode_matches_unsharded(checkpoint):
     for a, b in zip(sharded, ours):
         assert a.token_ids == b.token_ids
         np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_command_line_on_the_checkpoint(checkpoint, tmp_path):
+    """``python -m glm5_jax.generate`` (in process): a text prompt through tokenizer.json and an
+    id prompt, batched; JSON lines carry the same ids and logprobs as the API."""
+    import io
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from glm5_jax.generate.__main__ import main
+
+    hf_model, model, _, prompts, ours = checkpoint
+    directory = tmp_path / "ckpt"
+    hf_model.save_pretrained(str(directory))
+    vocab = {f"t{i}": i for i in range(model.config.vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    out = io.StringIO()
+    text = " ".join(f"t{i}" for i in prompts[0])
+    code = main(["--checkpoint", str(directory), "--prompt", text, "--prompt_ids", ",".join(map(str, prompts[1])),
+                 "--max_new_tokens", str(MAX_NEW), "--json"], out=out)
+    assert code == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["prompt_ids"] for line in lines] == prompts
+    assert [line["token_ids"] for line in lines] == [g.token_ids for g in ours]
+    np.testing.assert_allclose(lines[0]["logprobs"], ours[0].logprobs, rtol=1e-6)
+    assert lines[0]["text"] == tokenizer.decode(ours[0].token_ids)
+    shutil.rmtree(directory)
