@@ -265,3 +265,38 @@ def test_root_host_without_namespaces_still_contains_what_the_uid_drop_covers(ho
     assert litter.passed and "host-tempdir" in litter.isolation  # it could write /tmp ...
     host_targets.assert_intact()  # ... but the file was removed with the sample
     assert sandbox_uid_processes() == []
+
+
+FORK_MEMORY_BOMB = """\
+import os
+children = []
+for _ in range(6):
+    pid = os.fork()
+    if pid == 0:
+        hoard = b"x" * (200 << 20)  # each child stays under its own address-space limit
+        os._exit(0)
+    children.append(pid)
+statuses = [os.waitpid(pid, 0)[1] for pid in children]
+"""
+
+
+def test_forked_memory_bomb_is_bounded_as_a_group(pool):
+    limits = SandboxLimits(timeout_s=15.0, memory_bytes=LIMITS.memory_bytes)
+    result = pool.run(FORK_MEMORY_BOMB, ("assert statuses == [0] * 6, statuses",), limits=limits)
+    if "cgroup-memory" not in result.isolation:
+        pytest.skip("no usable memory cgroup here: a tree can hold max_processes x "
+                    "memory_bytes (documented in SANDBOX.md)")
+    assert not result.passed and "AssertionError" in result.reason, result
+    assert sandbox_uid_processes() == []
+
+
+def test_cpu_share_of_a_sample_is_capped(pool):
+    spinners = ("import os, time\nchildren = []\nfor _ in range(2):\n    pid = os.fork()\n"
+                "    if pid == 0:\n        end = time.monotonic() + 0.8\n"
+                "        while time.monotonic() < end:\n            pass\n        os._exit(0)\n"
+                "    children.append(pid)\n"
+                "cpu = sum(os.wait4(pid, 0)[2].ru_utime for pid in children)")
+    result = pool.run(spinners, ("assert cpu < 1.2, cpu",))
+    if "cgroup-cpu" not in result.isolation:
+        pytest.skip("no usable cpu cgroup here: a sample may use up to max_processes cores")
+    assert result.passed, result  # two spinning processes got one core between them

@@ -14,8 +14,10 @@ import math
 class SandboxLimits:
     """Per-sample ceilings; the defaults suit HumanEval/MBPP-sized programs.
 
-    Each field is enforced by the kernel (an rlimit or a size-limited tmpfs) or by the
-    trusted supervisor process, never by code running inside the sandbox.
+    Each field is enforced by the kernel (an rlimit, a cgroup or a size-limited tmpfs) or
+    by the trusted supervisor process, never by code running inside the sandbox. Where
+    cgroups are usable, ``memory_bytes`` and ``max_processes`` also bound the sample's whole
+    process tree (resident memory, scratch files included), not only each process.
     """
 
     timeout_s: float = 10.0  # wall clock for the program plus all of its tests
@@ -27,6 +29,7 @@ class SandboxLimits:
     output_limit_bytes: int = 8 << 20  # stdout+stderr in total before the sample is killed
     output_tail_bytes: int = 4096  # how much of the end of each stream the result keeps
     scratch_bytes: int = 64 << 20  # size of each private tmpfs (/tmp, /var/tmp, /dev/shm)
+    cpu_cores: float | None = 1.0  # CPU share of the whole tree, where cgroups are available
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -35,6 +38,8 @@ class SandboxLimits:
                      "output_limit_bytes", "output_tail_bytes", "scratch_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cpu_cores is not None and not self.cpu_cores > 0:
+            raise ValueError(f"cpu_cores must be positive or None, got {self.cpu_cores}")
 
     @property
     def effective_cpu_s(self) -> int:

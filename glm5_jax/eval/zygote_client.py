@@ -20,6 +20,7 @@ import time
 from glm5_jax.eval.limits import SandboxLimits
 from glm5_jax.eval.policy import IsolationPolicy
 from glm5_jax.eval.results import ExecutionResult
+from glm5_jax.eval.sandbox_child.cgroups import remove_cgroups
 from glm5_jax.eval.sandbox_child.framing import FrameBuffer, encode_frame, write_all
 from glm5_jax.eval.sandbox_child.isolation import kill_processes_of_uid
 from glm5_jax.eval.sandbox_child.protocol import Request, ZygoteConfig
@@ -101,6 +102,7 @@ class ZygoteClient:
                 pass
         self.kill()
         if self._uid_slot is not None:
+            remove_cgroups(self._uid_slot.uid)
             self._uid_slot.release()
             self._uid_slot = None
 

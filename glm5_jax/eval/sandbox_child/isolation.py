@@ -70,14 +70,15 @@ def _enter_user_namespace() -> None:
         handle.write(f"0 {gid} 1")
 
 
-def prepare_filesystem(namespaces: list[str], uid: int | None,
-                       gid: int | None) -> tuple[str, list[str], str | None]:
+def prepare_filesystem(namespaces: list[str], uid: int | None, gid: int | None,
+                       keep_writable: tuple[str, ...] = ()) -> tuple[str, list[str], str | None]:
     """Make the working directory; returns (workdir, tags, host directory to remove).
 
     With a mount namespace the whole host tree becomes read-only for the sample and
     /tmp, /var/tmp and /dev/shm become fresh size-limited tmpfs mounts that vanish with
-    the namespace, so nothing the sample writes can outlive it. Without one, the
-    workdir is a host temporary directory that the supervisor deletes afterwards.
+    the namespace, so nothing the sample writes can outlive it (``keep_writable`` mounts
+    excepted). Without one, the workdir is a host temporary directory that the
+    supervisor deletes afterwards.
     """
     tags = []
     if "mount-ns" in namespaces:
@@ -85,6 +86,8 @@ def prepare_filesystem(namespaces: list[str], uid: int | None,
         try:
             linux.make_tree_read_only("/")
             tags.append("read-only-root")
+            for path in keep_writable:  # e.g. cgroupfs, for the root supervisor; its files
+                linux.make_tree_writable(path)  # stay root-only for the dropped runner
         except OSError:
             pass
         for directory in SCRATCH_DIRS:
@@ -176,6 +179,17 @@ def scrub_environment(workdir: str, private_tmp: bool) -> None:
         "TMPDIR": "/tmp" if private_tmp else workdir,
         "LANG": "C.UTF-8",
     })
+
+
+def set_oom_score_adj(value: int) -> bool:
+    """Steer the OOM killer: +1000 for the runner (its tree dies first), -1000 for trusted
+    helpers. Raising is always allowed; lowering may be refused (some VMs), hence a bool."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+        return True
+    except OSError:
+        return False
 
 
 def apply_rlimits(limits: SandboxLimits) -> None:

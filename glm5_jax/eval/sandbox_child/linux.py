@@ -66,9 +66,18 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int,
 
 def make_tree_read_only(path: str) -> None:
     """Recursively mark every mount under ``path`` read-only (mount_setattr, Linux 5.12+)."""
+    _set_tree_attributes(path, set_flags=_MOUNT_ATTR_RDONLY, clear_flags=0)
+
+
+def make_tree_writable(path: str) -> None:
+    """Undo ``make_tree_read_only`` for the mounts under ``path``."""
+    _set_tree_attributes(path, set_flags=0, clear_flags=_MOUNT_ATTR_RDONLY)
+
+
+def _set_tree_attributes(path: str, set_flags: int, clear_flags: int) -> None:
     if _SYS_MOUNT_SETATTR is None:
         raise OSError(38, "mount_setattr: unknown syscall number on this architecture")
-    attr = ctypes.create_string_buffer(struct.pack("QQQQ", _MOUNT_ATTR_RDONLY, 0, 0, 0), 32)
+    attr = ctypes.create_string_buffer(struct.pack("QQQQ", set_flags, clear_flags, 0, 0), 32)
     result = _libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE, attr, 32)
     _check(0 if result == 0 else -1, f"mount_setattr({path})")
 

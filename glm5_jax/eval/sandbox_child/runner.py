@@ -83,6 +83,7 @@ def _isolate_before_request(channels: RunnerChannels, setup: RunnerSetup) -> Non
 
 
 def _isolate_for_request(limits: SandboxLimits, setup: RunnerSetup) -> None:
+    isolation.set_oom_score_adj(1000)  # under memory pressure the sample dies first
     isolation.apply_rlimits(limits)
     if setup.uid is not None:
         isolation.drop_privileges(setup.uid, setup.gid if setup.gid is not None else setup.uid)

@@ -18,7 +18,7 @@ import signal
 import stat
 import time
 
-from glm5_jax.eval.sandbox_child import isolation, linux
+from glm5_jax.eval.sandbox_child import cgroups, isolation, linux
 from glm5_jax.eval.sandbox_child.framing import encode_frame, read_exact, read_frame, write_all
 from glm5_jax.eval.sandbox_child.init_process import become_init
 from glm5_jax.eval.sandbox_child.protocol import (
@@ -40,6 +40,7 @@ class PreparedSandbox:
     init_pid: int
     pipes: WatchedPipes
     lifeline_write: int
+    groups: cgroups.SampleCgroups
 
     @property
     def pid_ns(self) -> bool:
@@ -55,7 +56,7 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
         os._exit(1)  # the zygote died between fork and prctl
     sandbox, failure = None, ""
     try:
-        sandbox = _prepare(config)
+        sandbox = _prepare(config, sequence)
     except BaseException as exc:  # noqa: BLE001 - reported once a request arrives
         failure = f"sandbox preparation failed: {type(exc).__name__}: {exc}"
     nonce = read_exact(request_fd, NONCE_BYTES)
@@ -80,14 +81,22 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
     os._exit(0)
 
 
-def _prepare(config: ZygoteConfig) -> PreparedSandbox:
+def _prepare(config: ZygoteConfig, sequence: int) -> PreparedSandbox:
     try:
         namespaces = isolation.enter_namespaces() if config.use_namespaces else []
     finally:
         # Only now: a non-dumpable process cannot write its own user-namespace maps.
         # Then same-uid processes can neither ptrace us nor open our descriptors.
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
-    workdir, fs_tags, host_dir = isolation.prepare_filesystem(namespaces, config.uid, config.gid)
+    groups = cgroups.SampleCgroups()
+    if config.uid is not None:  # cgroups are root's to create; the runner inherits ours
+        groups = cgroups.prepare_cgroups(cgroups.cgroup_name(config.uid, sequence))
+        if groups.directories:
+            cgroups.join_cgroups(groups)
+            isolation.set_oom_score_adj(-1000)  # best effort; the runner raises its own
+    keep_writable = (cgroups.CGROUP_ROOT,) if groups.directories else ()
+    workdir, fs_tags, host_dir = isolation.prepare_filesystem(namespaces, config.uid, config.gid,
+                                                              keep_writable)
     step_read, step_write = os.pipe()
     report_read, report_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
@@ -118,12 +127,14 @@ def _prepare(config: ZygoteConfig) -> PreparedSandbox:
     if "pid-ns" not in namespaces:
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)  # descendants that escape init come here
     pipes = WatchedPipes(step_write, report_read, stdout_read, stderr_read, status_read)
-    return PreparedSandbox(config, namespaces, fs_tags, host_dir, init_pid, pipes, lifeline_write)
+    return PreparedSandbox(config, namespaces, fs_tags, host_dir, init_pid, pipes, lifeline_write,
+                           groups)
 
 
 def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
     if "private-tmp" in sandbox.fs_tags:
         isolation.resize_scratch(request.limits.scratch_bytes)
+    group_tags = cgroups.apply_cgroup_limits(sandbox.groups, request.limits)
     watch = StepWatch(request.steps, request.limits, sandbox.pipes,
                       preamble=encode_frame(encode_limits(request.limits)))
     try:
@@ -132,8 +143,8 @@ def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
         _stop_init(sandbox)
         watch.drain_output()
         _tear_down(sandbox)
-    tags = [*sandbox.namespaces, *sandbox.fs_tags, *watch.extra_isolation, "rlimits",
-            "no-new-privs"]
+    tags = [*sandbox.namespaces, *sandbox.fs_tags, *watch.extra_isolation, *group_tags,
+            "rlimits", "no-new-privs"]
     if sandbox.config.uid is not None:
         tags.append(f"uid={sandbox.config.uid}")
     return {
