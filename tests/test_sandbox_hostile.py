@@ -160,7 +160,7 @@ def test_hostile_program_is_contained(hostile, pool, host_targets):
     host_targets.assert_intact()
     assert sandbox_uid_processes() == []
     # Each helper keeps exactly one prepared sandbox (supervisor, init, idle runner).
-    assert wait_until(lambda: all(len(descendants(pid)) == 3 for pid in helpers)), \
+    assert wait_until(lambda: all(len(descendants(pid)) == 3 for pid in helpers), 15.0), \
         {pid: descendants(pid) for pid in helpers}
     assert pool.run(BENIGN.program, BENIGN.tests).passed
     assert pool.helper_pids() == helpers  # no helper had to be restarted

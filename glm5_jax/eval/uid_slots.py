@@ -14,7 +14,7 @@ import os
 import pwd
 import tempfile
 
-from glm5_jax.eval.sandbox_child.isolation import kill_processes_of_uid
+from glm5_jax.eval.sandbox_child.reaping import kill_processes_of_uid
 
 LOCK_DIR = os.path.join(tempfile.gettempdir(), "glm5-sandbox-uid-locks")
 

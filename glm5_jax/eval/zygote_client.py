@@ -22,7 +22,7 @@ from glm5_jax.eval.policy import IsolationPolicy
 from glm5_jax.eval.results import ExecutionResult
 from glm5_jax.eval.sandbox_child.cgroups import remove_cgroups
 from glm5_jax.eval.sandbox_child.framing import FrameBuffer, encode_frame, write_all
-from glm5_jax.eval.sandbox_child.isolation import kill_processes_of_uid
+from glm5_jax.eval.sandbox_child.reaping import kill_processes_of_uid
 from glm5_jax.eval.sandbox_child.protocol import Request, ZygoteConfig
 from glm5_jax.eval.sandbox_child.zygote import BOOTSTRAP
 from glm5_jax.eval.uid_slots import UidSlot, acquire_uid_slot

@@ -15,8 +15,9 @@ import select
 import signal
 
 from glm5_jax.eval.sandbox_child import linux
-from glm5_jax.eval.sandbox_child.isolation import (
-    close_fds_except, kill_and_reap_children, mount_private_proc)
+from glm5_jax.eval.sandbox_child.filesystem import mount_private_proc
+from glm5_jax.eval.sandbox_child.process_hygiene import close_fds_except
+from glm5_jax.eval.sandbox_child.reaping import kill_and_reap_children
 from glm5_jax.eval.sandbox_child.runner import RunnerChannels, RunnerSetup, become_runner
 
 PRIVATE_PROC_TAG = "private-proc"

@@ -15,7 +15,7 @@ import sys
 import types
 
 from glm5_jax.eval.limits import SandboxLimits
-from glm5_jax.eval.sandbox_child import isolation, linux
+from glm5_jax.eval.sandbox_child import linux, privileges, process_hygiene
 from glm5_jax.eval.sandbox_child.framing import HEADER, read_frame
 from glm5_jax.eval.sandbox_child.protocol import (
     MAX_ERROR_CHARS, SETUP_FAILED_INDEX, decode_limits, decode_step, encode_report)
@@ -75,18 +75,18 @@ def _isolate_before_request(channels: RunnerChannels, setup: RunnerSetup) -> Non
     os.dup2(channels.stderr_write, 2)
     anchors: list[int] = []
     if setup.uid is not None:
-        anchors = isolation.anchor_import_paths()
-    isolation.close_fds_except({channels.step_read, channels.report_write, *anchors})
+        anchors = process_hygiene.anchor_import_paths()
+    process_hygiene.close_fds_except({channels.step_read, channels.report_write, *anchors})
     os.chdir(setup.workdir)
     os.umask(0o077)
-    isolation.scrub_environment(setup.workdir, setup.private_tmp)
+    process_hygiene.scrub_environment(setup.workdir, setup.private_tmp)
 
 
 def _isolate_for_request(limits: SandboxLimits, setup: RunnerSetup) -> None:
-    isolation.set_oom_score_adj(1000)  # under memory pressure the sample dies first
-    isolation.apply_rlimits(limits)
+    privileges.set_oom_score_adj(1000)  # under memory pressure the sample dies first
+    privileges.apply_rlimits(limits)
     if setup.uid is not None:
-        isolation.drop_privileges(setup.uid, setup.gid if setup.gid is not None else setup.uid)
+        privileges.drop_privileges(setup.uid, setup.gid if setup.gid is not None else setup.uid)
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # the uid change cleared it
         if os.getppid() != setup.parent_pid:
             os._exit(70)

@@ -18,7 +18,9 @@ import signal
 import stat
 import time
 
-from glm5_jax.eval.sandbox_child import cgroups, isolation, linux
+from glm5_jax.eval.sandbox_child import cgroups, filesystem, linux, reaping
+from glm5_jax.eval.sandbox_child.namespaces import enter_namespaces
+from glm5_jax.eval.sandbox_child.privileges import set_oom_score_adj
 from glm5_jax.eval.sandbox_child.framing import encode_frame, read_exact, read_frame, write_all
 from glm5_jax.eval.sandbox_child.init_process import become_init
 from glm5_jax.eval.sandbox_child.protocol import (
@@ -83,7 +85,7 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
 
 def _prepare(config: ZygoteConfig, sequence: int) -> PreparedSandbox:
     try:
-        namespaces = isolation.enter_namespaces() if config.use_namespaces else []
+        namespaces = enter_namespaces() if config.use_namespaces else []
     finally:
         # Only now: a non-dumpable process cannot write its own user-namespace maps.
         # Then same-uid processes can neither ptrace us nor open our descriptors.
@@ -93,9 +95,9 @@ def _prepare(config: ZygoteConfig, sequence: int) -> PreparedSandbox:
         groups = cgroups.prepare_cgroups(cgroups.cgroup_name(config.uid, sequence))
         if groups.directories:
             cgroups.join_cgroups(groups)
-            isolation.set_oom_score_adj(-1000)  # best effort; the runner raises its own
+            set_oom_score_adj(-1000)  # best effort; the runner raises its own
     keep_writable = (cgroups.CGROUP_ROOT,) if groups.directories else ()
-    workdir, fs_tags, host_dir = isolation.prepare_filesystem(namespaces, config.uid, config.gid,
+    workdir, fs_tags, host_dir = filesystem.prepare_filesystem(namespaces, config.uid, config.gid,
                                                               keep_writable)
     step_read, step_write = os.pipe()
     report_read, report_write = os.pipe()
@@ -133,7 +135,7 @@ def _prepare(config: ZygoteConfig, sequence: int) -> PreparedSandbox:
 
 def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
     if "private-tmp" in sandbox.fs_tags:
-        isolation.resize_scratch(request.limits.scratch_bytes)
+        filesystem.resize_scratch(request.limits.scratch_bytes)
     group_tags = cgroups.apply_cgroup_limits(sandbox.groups, request.limits)
     watch = StepWatch(request.steps, request.limits, sandbox.pipes,
                       preamble=encode_frame(encode_limits(request.limits)))
@@ -187,13 +189,13 @@ def _tear_down(sandbox: PreparedSandbox) -> None:
     _stop_init(sandbox)
     if not sandbox.pid_ns:  # orphans re-parented to us (a subreaper): kill and reap them
         if sandbox.config.uid is not None:
-            isolation.kill_processes_of_uid(sandbox.config.uid)
-        isolation.kill_and_reap_children()
+            reaping.kill_processes_of_uid(sandbox.config.uid)
+        reaping.kill_and_reap_children()
     host_dir, sandbox.host_dir = sandbox.host_dir, None
     if host_dir is not None:
         _remove_tree(host_dir)
     if sandbox.config.uid is not None and "private-tmp" not in sandbox.fs_tags:
-        isolation.remove_files_of_uid(sandbox.config.uid)
+        filesystem.remove_files_of_uid(sandbox.config.uid)
 
 
 def _remove_tree(path: str) -> None:

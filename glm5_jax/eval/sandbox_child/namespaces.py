@@ -1,0 +1,54 @@
+"""Entering fresh Linux namespaces (the supervisor does this for each sample).
+
+The pid namespace applies to children only: the supervisor's next fork (init) becomes
+its pid 1. Without root, a user namespace comes first and grants the capabilities the
+others need; many kernels allow that, some distributions forbid it (see SANDBOX.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+from glm5_jax.eval.sandbox_child import linux
+
+_NAMESPACES = (  # (tag, clone flag), in the order they are entered
+    ("mount-ns", linux.CLONE_NEWNS),
+    ("net-ns", linux.CLONE_NEWNET),
+    ("pid-ns", linux.CLONE_NEWPID),
+    ("ipc-ns", linux.CLONE_NEWIPC),
+    ("uts-ns", linux.CLONE_NEWUTS),
+)
+
+
+def enter_namespaces() -> list[str]:
+    """Unshare every namespace the kernel allows; returns the tags of those entered.
+
+    Not root: first try a user namespace, which grants the capabilities the others need
+    (many kernels allow this to unprivileged users; some distributions forbid it).
+    The pid namespace applies to children only: the next fork becomes its pid 1.
+    """
+    tags = []
+    if os.geteuid() != 0:
+        try:
+            _enter_user_namespace()
+            tags.append("user-ns")
+        except OSError:
+            return tags
+    for tag, flag in _NAMESPACES:
+        try:
+            linux.unshare(flag)
+            tags.append(tag)
+        except OSError:
+            pass
+    return tags
+
+
+def _enter_user_namespace() -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    linux.unshare(linux.CLONE_NEWUSER)
+    with open("/proc/self/setgroups", "w") as handle:
+        handle.write("deny")
+    with open("/proc/self/uid_map", "w") as handle:
+        handle.write(f"0 {uid} 1")
+    with open("/proc/self/gid_map", "w") as handle:
+        handle.write(f"0 {gid} 1")

@@ -1,0 +1,51 @@
+"""The runner's last steps before sample code: kernel limits, then giving up root.
+
+Order matters: hard rlimits are set while privileged (so they cannot be raised again),
+then the uid drop makes them, and everything else, binding.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from glm5_jax.eval.limits import SandboxLimits
+
+
+def set_oom_score_adj(value: int) -> bool:
+    """Steer the OOM killer: +1000 for the runner (its tree dies first), -1000 for trusted
+    helpers. Raising is always allowed; lowering may be refused (some VMs), hence a bool."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(value))
+        return True
+    except OSError:
+        return False
+
+
+def apply_rlimits(limits: SandboxLimits) -> None:
+    """Kernel-enforced ceilings; soft equals hard so the program cannot raise them."""
+    cpu = limits.effective_cpu_s
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
+    for kind, value in (
+        (resource.RLIMIT_AS, limits.memory_bytes),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        (resource.RLIMIT_NPROC, limits.max_processes),
+        (resource.RLIMIT_NOFILE, limits.max_open_files),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(kind, (value, value))
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` for good (real, effective and saved), with no extra groups."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PermissionError("privilege drop did not take effect")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise PermissionError("privilege drop is reversible; refusing to run untrusted code")
