@@ -86,8 +86,12 @@ def make_mesh(spec: str = "", devices: Sequence[jax.Device] | None = None) -> Me
 
 @contextlib.contextmanager
 def activate(mesh: Mesh) -> Iterator[Mesh]:
-    """Enter the mesh and the logical rules together (activation constraints need both)."""
-    with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    """Enter the mesh and the logical rules together (activation constraints need both).
+
+    The mesh is set with ``jax.set_mesh`` so model code can read it at trace time
+    (``jax.sharding.get_abstract_mesh()``) and wrap Pallas kernels in ``shard_map``.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
         yield mesh
 
 

@@ -20,6 +20,7 @@ from glm5_jax.model.indexer import LightningIndexer, select_topk
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import RMSNorm
 from glm5_jax.model.rope import apply_interleaved_rope
+from glm5_jax.model import kernel_dispatch
 from glm5_jax.model import sparse_attention as sa
 
 
@@ -104,9 +105,7 @@ def _all_keys_placeholder(x: jax.Array, index_topk: int) -> jax.Array:
 
 
 def _pallas_latent_attention(q_latent, q_rope, latent, k_rope, topk, scale):
-    from pallas_kernels.sparse_attention import sparse_topk_attention
-
+    """The flash-style top-k kernel over one shared latent per token (kv_heads = 1)."""
     q = jnp.concatenate([q_latent, q_rope], axis=-1)
     k = jnp.concatenate([latent, k_rope], axis=-1)[:, :, None, :]
-    out, _ = sparse_topk_attention(q, k, latent[:, :, None, :], topk, scale=scale)
-    return out
+    return kernel_dispatch.sparse_latent_attention(q, k, latent[:, :, None, :], topk, scale)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
+from glm5_jax.model import kernel_dispatch
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import LayerNorm
 from glm5_jax.model.rope import apply_interleaved_rope
@@ -49,7 +50,12 @@ class LightningIndexer(nn.Module):
                  mask: jax.Array) -> jax.Array:
         """Index scores [batch, q_len, kv_len] (float32), -inf where ``mask`` is False."""
         q, k, weights = self.queries_keys_weights(x, q_resid, cos, sin)
-        return index_scores(q, k, weights, mask, self.config.index_head_dim**-0.5)
+        scale = self.config.index_head_dim**-0.5
+        if self.config.attention_impl == "pallas":
+            # relu(scale * x) = scale * relu(x) for scale > 0: fold the scale into the weights.
+            scores = kernel_dispatch.indexer_scores(q, k, weights * scale)
+            return jnp.where(mask, scores, -jnp.inf)
+        return index_scores(q, k, weights, mask, scale)
 
 
 def index_scores(q: jax.Array, k: jax.Array, weights: jax.Array, mask: jax.Array,

@@ -1,7 +1,8 @@
 """Dropless mixture of experts: routed experts via grouped matmul plus a shared expert.
 
 Every (token, slot) pair is a row; rows are sorted by expert so each expert multiplies one
-contiguous block (``jax.lax.ragged_dot``, or the Pallas grouped matmul behind the same call).
+contiguous block (``jax.lax.ragged_dot``, or with ``moe_impl="pallas"`` the Pallas grouped matmul,
+expert-parallel under a mesh: see kernel_dispatch.routed_experts).
 Rows whose expert id is ``n_routed_experts`` (slots dropped by dynamic routing) sort last, lie
 beyond sum(group_sizes) and produce zeros. Per-expert load and active experts per token are
 sown into ``intermediates`` for the balancing rule and compute accounting.
@@ -14,18 +15,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
+from glm5_jax.model import kernel_dispatch
 from glm5_jax.model.linear import dtype_of
 from glm5_jax.model.mlp import MLP
 from glm5_jax.model.router import Router
-
-
-def grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, impl: str) -> jax.Array:
-    """[rows, k] x [experts, k, n] with rows sorted by expert -> [rows, n]."""
-    if impl == "pallas":
-        from pallas_kernels.grouped_matmul import grouped_matmul as pallas_gmm
-
-        return pallas_gmm(lhs, rhs, group_sizes, preferred_element_type=jnp.float32).astype(lhs.dtype)
-    return jax.lax.ragged_dot(lhs, rhs, group_sizes)
 
 
 class RoutedExperts(nn.Module):
@@ -44,14 +37,17 @@ class RoutedExperts(nn.Module):
                            (e, d, f), pdt)
         wo = self.param("wo", nn.with_logical_partitioning(init, ("expert", "expert_mlp", "expert_embed")),
                         (e, f, d), pdt)
+        if c.moe_impl == "pallas":
+            return kernel_dispatch.routed_experts(x.astype(dt), weights, expert_ids, wi_gate.astype(dt),
+                                                  wi_up.astype(dt), wo.astype(dt), e)
         tokens, k = expert_ids.shape
         flat_ids = expert_ids.reshape(-1)
         order = jnp.argsort(flat_ids, stable=True)
         rows = x[order // k].astype(dt)  # [tokens * k, d], grouped by expert
         group_sizes = jnp.bincount(flat_ids, length=e).astype(jnp.int32)
-        gate = grouped_matmul(rows, wi_gate.astype(dt), group_sizes, c.moe_impl)
-        up = grouped_matmul(rows, wi_up.astype(dt), group_sizes, c.moe_impl)
-        out_rows = grouped_matmul(nn.silu(gate) * up, wo.astype(dt), group_sizes, c.moe_impl)
+        gate = jax.lax.ragged_dot(rows, wi_gate.astype(dt), group_sizes)
+        up = jax.lax.ragged_dot(rows, wi_up.astype(dt), group_sizes)
+        out_rows = jax.lax.ragged_dot(nn.silu(gate) * up, wo.astype(dt), group_sizes)
         unsorted = jnp.zeros_like(out_rows).at[order].set(out_rows).reshape(tokens, k, d)
         return jnp.einsum("tkd,tk->td", unsorted, weights.astype(dt))
 
