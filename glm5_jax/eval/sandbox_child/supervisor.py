@@ -58,7 +58,7 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
         os._exit(1)  # the zygote died between fork and prctl
     sandbox, failure = None, ""
     try:
-        sandbox = _prepare(config, sequence)
+        sandbox = _prepare(config, sequence, request_fd)
     except BaseException as exc:  # noqa: BLE001 - reported once a request arrives
         failure = f"sandbox preparation failed: {type(exc).__name__}: {exc}"
     nonce = read_exact(request_fd, NONCE_BYTES)
@@ -83,7 +83,7 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, zygo
     os._exit(0)
 
 
-def _prepare(config: ZygoteConfig, sequence: int) -> PreparedSandbox:
+def _prepare(config: ZygoteConfig, sequence: int, request_fd: int) -> PreparedSandbox:
     try:
         namespaces = enter_namespaces() if config.use_namespaces else []
     finally:
@@ -118,7 +118,7 @@ def _prepare(config: ZygoteConfig, sequence: int) -> PreparedSandbox:
             for inherited in (0, 1):  # the zygote's pipes (request and verdict) and ours
                 os.dup2(devnull, inherited)
             for fd in (step_write, report_read, stdout_read, stderr_read, status_read,
-                       lifeline_write, devnull):
+                       lifeline_write, devnull, request_fd):
                 os.close(fd)
             become_init(channels, setup, status_write, lifeline_read,
                         remount_proc="pid-ns" in namespaces and "mount-ns" in namespaces)
