@@ -1,28 +1,33 @@
 """glm5_jax: a JAX research codebase for GLM-5-style models.
 
 Public entry points: ``ModelConfig`` and presets (``glm5_jax.config``), ``GLM5Model``,
-``load_hf`` / ``save_hf`` for local Hugging Face checkpoints.
+``init_variables`` / ``abstract_variables``, ``load_hf`` / ``save_hf`` for local Hugging Face
+checkpoints, and ``generate``. Heavy modules (jax, the model) are imported on first use, so
+command-line tools that only need the sandbox (``glm5-eval``) start fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from glm5_jax.config import ConfigError, ModelConfig, get_preset
-from glm5_jax.model import GLM5Model, abstract_variables, init_variables
+
+_LAZY = {
+    "GLM5Model": ("glm5_jax.model", "GLM5Model"),
+    "init_variables": ("glm5_jax.model", "init_variables"),
+    "abstract_variables": ("glm5_jax.model", "abstract_variables"),
+    "load_hf": ("glm5_jax.convert.hf_checkpoint", "load_hf"),
+    "save_hf": ("glm5_jax.convert.hf_checkpoint", "save_hf"),
+    "generate": ("glm5_jax.generate", "generate"),
+}
 
 
-def load_hf(path: str, **config_overrides):
-    """(model, variables) from a local HF ``GlmMoeDsaForCausalLM`` directory."""
-    from glm5_jax.convert.hf_checkpoint import load_hf as _load
-
-    return _load(path, **config_overrides)
-
-
-def save_hf(model, variables, path: str, dtype: str = "float32") -> None:
-    """Write a checkpoint directory that transformers loads."""
-    from glm5_jax.convert.hf_checkpoint import save_hf as _save
-
-    _save(model, variables, path, dtype)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'glm5_jax' has no attribute {name!r}")
 
 
-__all__ = [
-    "ConfigError", "ModelConfig", "GLM5Model", "abstract_variables", "get_preset", "init_variables",
-    "load_hf", "save_hf",
-]
+__all__ = ["ConfigError", "ModelConfig", "get_preset", *_LAZY]
