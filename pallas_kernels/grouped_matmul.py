@@ -177,18 +177,19 @@ def grouped_matmul_reference(
 ) -> jax.Array:  # [m, n]
     """Pure-jnp reference (and the ``xla`` path): ``jax.lax.ragged_dot``.
 
-    ragged_dot has no usable group offset on every backend, so the rows before the local
-    groups are sent to a prepended all-zero weight matrix; rows after them fall past the
-    sum of the sizes and come out zero by ragged_dot's own rule.
+    ragged_dot has no usable group offset on every backend, so the rows are rolled up by
+    the number of rows before the local groups, multiplied with the local sizes (rows past
+    their sum come out zero, including the rolled-around leading rows), and rolled back.
+    Only lhs and the output move, so an expert-sharded rhs is never reshaped.
     """
-    num_local, k, n = rhs.shape
+    num_local = rhs.shape[0]
     sizes = group_sizes.astype(jnp.int32)
     offset = jnp.asarray(group_offset, jnp.int32)
     rows_before = jnp.sum(jnp.where(jnp.arange(sizes.shape[0]) < offset, sizes, 0))
     local_sizes = jax.lax.dynamic_slice_in_dim(sizes, offset, num_local)
     compute_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
-    rhs_ext = jnp.concatenate([jnp.zeros((1, k, n), compute_dtype), rhs.astype(compute_dtype)])
-    return jax.lax.ragged_dot(
-        lhs.astype(compute_dtype), rhs_ext, jnp.concatenate([rows_before[None], local_sizes]),
-        preferred_element_type=preferred_element_type,
+    out = jax.lax.ragged_dot(
+        jnp.roll(lhs.astype(compute_dtype), -rows_before, axis=0), rhs.astype(compute_dtype),
+        local_sizes, preferred_element_type=preferred_element_type,
     )
+    return jnp.roll(out, rows_before, axis=0)

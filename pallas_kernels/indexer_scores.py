@@ -222,11 +222,32 @@ def indexer_scores_reference(
     *,
     causal: bool = True,
     q_offset: int | jax.Array = 0,
+    query_chunk: int | None = None,
 ) -> jax.Array:  # f32 [batch, q_len, kv_len]
-    """Pure-jnp reference; materialises [batch, q_len, heads, kv_len] (fine for tests)."""
+    """Pure-jnp reference (and the ``xla`` path), computed in f32.
+
+    It materialises [batch, q_len, heads, kv_len]; at long context pass ``query_chunk``
+    to score that many queries at a time (``lax.map``).
+    """
+    offset = jnp.asarray(q_offset, jnp.int32)
+    q_len = q.shape[1]
+    if query_chunk is None or query_chunk >= q_len:
+        return _reference_block(q, k, weights, offset, causal)
+    chunk = int(query_chunk)
+    num_chunks = -(-q_len // chunk)
+    pad = num_chunks * chunk - q_len
+    pad_t = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    split = lambda x: jnp.moveaxis(x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:]), 1, 0)
+    scores = jax.lax.map(
+        lambda args: _reference_block(args[0], k, args[1], offset + args[2] * chunk, causal),
+        (split(pad_t(q)), split(pad_t(weights)), jnp.arange(num_chunks)))
+    return jnp.moveaxis(scores, 0, 1).reshape(q.shape[0], num_chunks * chunk, -1)[:, :q_len]
+
+
+def _reference_block(q, k, weights, q_offset, causal):
     s = jnp.einsum("bthd,bsd->bths", q.astype(jnp.float32), k.astype(jnp.float32))
     scores = jnp.einsum("bths,bth->bts", jnp.maximum(s, 0.0), weights.astype(jnp.float32))
-    visible = _visible(jnp.asarray(q_offset, jnp.int32), q.shape[1], k.shape[1], causal)
+    visible = _visible(q_offset, q.shape[1], k.shape[1], causal)
     return jnp.where(visible, scores, -jnp.inf)
 
 

@@ -217,11 +217,11 @@ def _reference_block(q, k, v, topk_indices, scale):
     # bf16 the sum over many slots hitting one key would round at every add).
     k_sel = gather(k.astype(jnp.float32), safe)  # [batch, q_len, topk, kv_heads, d_qk]
     v_sel = gather(v.astype(jnp.float32), safe)
-    heads = q.shape[2]
-    if k.shape[2] == 1:
-        k_sel = jnp.broadcast_to(k_sel, k_sel.shape[:3] + (heads, k_sel.shape[4]))
-        v_sel = jnp.broadcast_to(v_sel, v_sel.shape[:3] + (heads, v_sel.shape[4]))
-    s = jnp.einsum("bthd,btjhd->bthj", q.astype(jnp.float32), k_sel) * scale
+    qf = q.astype(jnp.float32)
+    if k.shape[2] == 1:  # shared latent: never broadcast the gathered rows over heads
+        s = jnp.einsum("bthd,btjd->bthj", qf, k_sel[:, :, :, 0]) * scale
+    else:
+        s = jnp.einsum("bthd,btjhd->bthj", qf, k_sel) * scale
     s = jnp.where(valid[:, :, None, :], s, -jnp.inf)
     m = jnp.max(s, axis=-1, keepdims=True)
     m_safe = jnp.where(m == -jnp.inf, 0.0, m)
@@ -229,5 +229,8 @@ def _reference_block(q, k, v, topk_indices, scale):
     has_keys = l > 0
     lse = jnp.where(has_keys, m_safe + jnp.log(jnp.where(has_keys, l, 1.0)), -jnp.inf)
     p = jnp.exp(s - jnp.where(has_keys, lse, 0.0))
-    out = jnp.einsum("bthj,btjhd->bthd", p, v_sel)
+    if v.shape[2] == 1:
+        out = jnp.einsum("bthj,btjd->bthd", p, v_sel[:, :, :, 0])
+    else:
+        out = jnp.einsum("bthj,btjhd->bthd", p, v_sel)
     return out.astype(q.dtype), lse[..., 0]

@@ -92,7 +92,7 @@ def check_kernel(case, backend, blocks):
     assert_close(drhs, ref_drhs, dtype, f"d_rhs {case} {blocks}")
 
 
-@slow(30)
+@slow(15)
 @given(case=cases())
 def test_reference_matches_numpy_loop(case):
     lhs, rhs, sizes, _ = make_case(**{**case, "dtype": jnp.float32})

@@ -144,3 +144,5 @@ def test_traced_offset_chunked_prefill(backend):
     with poisoned_outputs():
         parts = [chunk_scores(q[:, i:i + 16], w[:, i:i + 16], jnp.int32(i)) for i in (0, 16)]
     assert_close(jnp.concatenate(parts, axis=1), whole, jnp.float32, f"seed={seed}")
+    chunked_reference = jax.jit(lambda q, k, w: indexer_scores_reference(q, k, w, query_chunk=12))
+    assert_close(chunked_reference(q, k, w), whole, jnp.float32, f"seed={seed}")

@@ -123,7 +123,7 @@ def check_kernel(case, backend, block_k):
         assert_close(grad, ref, dtype, f"{name} {what}")
 
 
-@slow(15)
+@slow(10)
 @given(case=cases())
 def test_reference_matches_numpy_loop(case):
     case = {**case, "dtype": jnp.float32, "batch": 1}

@@ -1,0 +1,118 @@
+"""shard_map wrappers on 8 simulated CPU devices: per-shard kernels == unsharded reference.
+
+The device count is fixed when jax first initialises its backend, so this module sets
+XLA_FLAGS before importing jax; when the suite has already started jax with fewer
+devices (the CI command sets the flag for the whole run, see tests/conftest.py), the
+tests skip rather than fail.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from pallas_kernels.grouped_matmul import grouped_matmul_reference  # noqa: E402
+from pallas_kernels.indexer_scores import indexer_scores_reference  # noqa: E402
+from pallas_kernels.poison import poisoned_outputs  # noqa: E402
+from pallas_kernels.sharded import (  # noqa: E402
+    sharded_grouped_matmul, sharded_indexer_scores, sharded_sparse_topk_attention)
+from pallas_kernels.sparse_attention import sparse_topk_attention_reference  # noqa: E402
+from pallas_kernels.testing import assert_close, random_group_sizes  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS set after jax started)")
+
+
+@pytest.fixture
+def mesh():
+    """The model's axes; Auto axis types, as glm5_jax.sharding builds its Mesh."""
+    return jax.make_mesh((2, 1, 2, 2), ("data", "fsdp", "expert", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 4)
+
+
+@pytest.fixture
+def rng():
+    seed = np.random.SeedSequence().entropy % 2**31
+    print(f"seed={seed}")
+    return np.random.default_rng(seed)
+
+
+def test_grouped_matmul_experts_over_expert_axis(mesh, rng):
+    m, k, n, experts = 72, 24, 16, 8
+    sizes = jnp.asarray(random_group_sizes(rng, experts, 64, "skewed"))
+    lhs = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+    rhs = jax.device_put(jnp.asarray(rng.standard_normal((experts, k, n)), jnp.float32),
+                         NamedSharding(mesh, P("expert", None, None)))
+    weights = jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
+
+    def loss(fn):
+        return jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) * weights), (0, 1)))
+
+    kernel = loss(lambda a, b: sharded_grouped_matmul(
+        a, b, sizes, mesh=mesh, block_m=16, block_k=16, block_n=16))
+    reference = loss(lambda a, b: grouped_matmul_reference(a, b, sizes))
+    with poisoned_outputs():
+        value, (dlhs, drhs) = kernel(lhs, rhs)
+    ref_value, (ref_dlhs, ref_drhs) = reference(lhs, rhs)
+    assert_close(value, ref_value, jnp.float32, "loss")
+    assert_close(dlhs, ref_dlhs, jnp.float32, "d_lhs")
+    assert_close(drhs, ref_drhs, jnp.float32, "d_rhs")
+
+
+def test_grouped_matmul_rows_over_data_experts_over_expert(mesh, rng):
+    m_local, k, n, experts = 40, 16, 24, 4
+    sizes = np.stack([random_group_sizes(rng, experts, m_local - 3, d)
+                      for d in ("uniform", "mostly_empty")])  # [data shards, experts]
+    lhs = jnp.asarray(rng.standard_normal((2 * m_local, k)), jnp.float32)
+    rhs = jnp.asarray(rng.standard_normal((experts, k, n)), jnp.float32)
+    with poisoned_outputs():
+        out = jax.jit(lambda a, b, s: sharded_grouped_matmul(
+            a, b, s, mesh=mesh, row_axes=("data", "fsdp"), block_m=16, block_k=16,
+            block_n=16))(lhs, rhs, jnp.asarray(sizes))
+    expected = jnp.concatenate([
+        grouped_matmul_reference(lhs[i * m_local:(i + 1) * m_local], rhs, jnp.asarray(sizes[i]))
+        for i in range(2)])
+    assert_close(out, expected, jnp.float32, "rows over data")
+
+
+@pytest.mark.parametrize("shared_kv", [True, False])
+def test_sparse_attention_batch_over_data_heads_over_tensor(mesh, rng, shared_kv):
+    batch, q_len, kv_len, heads, d_qk, d_v, topk = 2, 4, 24, 4, 16, 8, 8
+    kv_heads = 1 if shared_kv else heads
+    q = jnp.asarray(rng.standard_normal((batch, q_len, heads, d_qk)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((batch, kv_len, kv_heads, d_qk)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((batch, kv_len, kv_heads, d_v)), jnp.float32)
+    idx = jnp.asarray(rng.integers(-1, kv_len, (batch, q_len, topk)), jnp.int32)
+    weights = jnp.asarray(rng.standard_normal((batch, q_len, heads, d_v)), jnp.float32)
+
+    def loss(fn):
+        return jax.jit(jax.value_and_grad(
+            lambda q, k, v: jnp.sum(fn(q, k, v)[0] * weights), (0, 1, 2)))
+
+    kernel = loss(lambda q, k, v: sharded_sparse_topk_attention(
+        q, k, v, idx, mesh=mesh, scale=0.25, block_k=8))
+    reference = loss(lambda q, k, v: sparse_topk_attention_reference(q, k, v, idx, scale=0.25))
+    with poisoned_outputs():
+        value, grads = kernel(q, k, v)
+    ref_value, ref_grads = reference(q, k, v)
+    assert_close(value, ref_value, jnp.float32, "loss")
+    for name, grad, ref in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert_close(grad, ref, jnp.float32, name)
+
+
+def test_indexer_scores_batch_over_data(mesh, rng):
+    q = jnp.asarray(rng.standard_normal((2, 16, 2, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 24, 8)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((2, 16, 2)), jnp.float32)
+    with poisoned_outputs():
+        scores = jax.jit(lambda q, k, w: sharded_indexer_scores(
+            q, k, w, mesh=mesh, q_offset=8, block_q=8, block_k=8))(q, k, w)
+    assert_close(scores, indexer_scores_reference(q, k, w, q_offset=8), jnp.float32, "scores")
