@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import glm5_jax
 from glm5_jax.config import tiny
 from glm5_jax.sample.engine import run_batch
+from drafter_weights import drafter_friendly
 from hf_reference import relative_error
 
 CONFIG = tiny().replace(index_topk=8, initializer_range=0.1, eos_token_id=None)
@@ -123,30 +124,9 @@ def test_speculative_greedy_equals_plain(setup, greedy):
     assert result.mean_accepted_length >= 1.0
 
 
-def drafter_friendly(variables):
-    """Weights where the MTP head predicts well: a large embedding dominates the residual stream,
-    so the main model's next token depends mostly on the current one, and the MTP module is set
-    to apply that same map to the token it is given (eh_proj keeps the token embedding, its layer
-    adds nothing). Acceptance is high but not total: attention still moves some argmaxes."""
-    params = jax.tree_util.tree_map(lambda x: x, dict(variables["params"]))
-    d = CONFIG.hidden_size
-    params["embed_tokens"] = params["embed_tokens"] * 100.0
-    mtp = jax.tree_util.tree_map(lambda x: x, dict(params["mtp_0"]))
-    mtp["eh_proj"] = {"kernel": jnp.concatenate([jnp.eye(d), jnp.zeros((d, d))], axis=0)}
-    layer = jax.tree_util.tree_map(jnp.asarray, mtp["layer"])
-    layer["self_attn"]["o_proj"]["kernel"] = jnp.zeros_like(layer["self_attn"]["o_proj"]["kernel"])
-    layer["mlp"]["experts"]["wo"] = jnp.zeros_like(layer["mlp"]["experts"]["wo"])
-    layer["mlp"]["shared_experts"]["down_proj"]["kernel"] = jnp.zeros_like(
-        layer["mlp"]["shared_experts"]["down_proj"]["kernel"])
-    mtp["layer"] = layer
-    mtp["head_norm"] = params["norm"]
-    params["mtp_0"] = mtp
-    return {**variables, "params": params}
-
-
 def test_speculative_with_a_good_drafter_accepts_several_tokens_and_is_exact(setup):
     _, variables, prompts, _ = setup
-    variables = drafter_friendly(variables)
+    variables = drafter_friendly(variables, CONFIG)
     plain = run_batch(CONFIG, variables, prompts, MAX_NEW)
     speculative = run_batch(CONFIG, variables, prompts, MAX_NEW, speculative_steps=3)
     assert [g.token_ids for g in speculative.generations] == [g.token_ids for g in plain.generations]

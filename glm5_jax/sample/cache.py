@@ -9,7 +9,7 @@ Layout mirrors the parameter tree so the cache scans with the layer stacks::
 
     {"dense_layers": {"layer_0": {"latent": [repeats, batch, capacity, kv_lora_rank], ...}},
      "moe_layers": {...},
-     "mtp": {"latent": [batch, capacity, kv_lora_rank], ...}}      # only with MTP drafting
+     "mtp": {"latent": [1, batch, capacity, kv_lora_rank], ...}}      # only with MTP drafting
 
 Slot ``j`` of a row holds that sequence's token at position ``j`` (sequences are right-padded),
 so a key is visible to a query exactly when ``slot <= query position``; slots past a sequence's
@@ -55,20 +55,9 @@ def init_cache(config: ModelConfig, batch: int, capacity: int, with_mtp: bool = 
             for i in range(period)
         }
     if with_mtp:
-        cache[MTP] = {key: jnp.zeros((batch, capacity, width), dtype)
+        cache[MTP] = {key: jnp.zeros((1, batch, capacity, width), dtype)
                       for key, width in layer_widths(config, True).items()}
     return cache
-
-
-def write_rows(cache: jax.Array, rows: jax.Array, start: jax.Array) -> jax.Array:
-    """cache [b, capacity, w] with rows [b, s, w] written at slots start[i] .. start[i] + s - 1.
-
-    The caller guarantees start + s <= capacity (dynamic_update_slice would clamp otherwise).
-    """
-    def one(c, r, p):
-        return jax.lax.dynamic_update_slice(c, r.astype(c.dtype), (p, 0))
-
-    return jax.vmap(one)(cache, rows, start)
 
 
 def cache_bytes_per_token(config: ModelConfig, bytes_per_value: int | None = None) -> int:

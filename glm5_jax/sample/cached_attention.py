@@ -9,14 +9,17 @@ Selection follows the full forward exactly: a query at position t sees keys at s
 t + 1 > index_topk a ``full`` layer picks the index_topk best of them with the lightning indexer
 and a ``shared`` layer reuses the previous full layer's pick; otherwise every visible key is
 selected. That last case is where the indexer is skipped: statically when the key axis is no
-longer than index_topk, and with ``lax.cond`` when every query in the batch is that short.
+longer than index_topk, and with ``lax.switch`` when every query in the batch is that short;
+past it, decode scores only a bucketed prefix of the cache covering the longest context.
 
-``indexer_mode``: ``"auto"`` (the above), ``"always"`` (never skip: measures what skipping
-saves; same outputs) or ``"never"`` (dense MLA, DSA off: a baseline, different outputs once
-contexts exceed index_topk).
+``indexer_mode``: ``"auto"`` (the above), ``"always"`` (score every cached slot every step:
+measures what skipping and bucketing save; same outputs) or ``"never"`` (dense MLA, DSA off:
+a baseline whose outputs differ once contexts exceed index_topk).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +31,7 @@ from glm5_jax.model.indexer import NO_KEY, LightningIndexer, index_scores, selec
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import RMSNorm
 from glm5_jax.model.rope import apply_interleaved_rope
-from glm5_jax.sample.cache import INDEX_KEY, LATENT, ROPE_KEY, write_rows
+from glm5_jax.sample.cache import INDEX_KEY, LATENT, ROPE_KEY
 
 INDEXER_MODES = ("auto", "always", "never")
 CACHE_AXES = ("activation_batch", "activation_length", "activation_kv")
@@ -41,6 +44,53 @@ def all_visible_selection(positions: jax.Array, k: int) -> jax.Array:
     """
     slots = jnp.arange(k, dtype=jnp.int32)
     return jnp.where(slots <= positions[..., None], slots, NO_KEY)
+
+
+def context_buckets(kv_len: int, index_topk: int) -> list[int]:
+    """Key-axis lengths the indexer may score in decode: 2k, 4k, ... below kv_len, then kv_len.
+
+    Scores past a row's context are -inf and never selected, so scoring a prefix that covers
+    every row's context selects exactly what scoring the whole capacity would; the bucket keeps
+    per-step indexer cost proportional to the context, not the cache capacity, with a handful
+    of static shapes.
+    """
+    bounds, bound = [], 2 * index_topk
+    while bound < kv_len:
+        bounds.append(bound)
+        bound *= 2
+    return bounds + [kv_len]
+
+
+def write_layer_rows(cache: jax.Array, rows: jax.Array, layer: jax.Array, start: jax.Array,
+                     fresh: bool) -> jax.Array:
+    """cache [R, b, T, w] with rows [b, s, w] at (layer, i, start_i + j); a scatter the compiler
+    applies in place to the loop-carried buffer. ``fresh``: every row starts at slot 0."""
+    rows = nn.with_logical_constraint(rows.astype(cache.dtype), CACHE_AXES)
+    if fresh:
+        cache = jax.lax.dynamic_update_slice(cache, rows[None], (layer, 0, 0, 0))
+    else:
+        b, s = rows.shape[:2]
+        slots = start[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]  # [b, s]
+        batch = jnp.broadcast_to(jnp.arange(b)[:, None], (b, s))
+        cache = cache.at[layer, batch, slots].set(rows, mode="promise_in_bounds")
+    return nn.with_logical_constraint(cache, (None,) + CACHE_AXES)
+
+
+def gather_layer_rows(cache: jax.Array, layer: jax.Array, topk: jax.Array) -> jax.Array:
+    """cache [R, b, T, w], topk [b, s, k] -> [b, s, k, w] (NO_KEY slots read slot 0)."""
+    b = topk.shape[0]
+    batch = jnp.arange(b)[:, None, None]
+    return cache[layer, batch, jnp.maximum(topk, 0)]
+
+
+def selected_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent_sel: jax.Array,
+                              rope_sel: jax.Array, valid: jax.Array, scale: float) -> jax.Array:
+    """Absorbed MLA over gathered keys: latent_sel [b, s, k, c], rope_sel [b, s, k, r], valid [b, s, k]."""
+    logits = (jnp.einsum("bshc,bskc->bshk", q_latent, latent_sel)
+              + jnp.einsum("bshr,bskr->bshk", q_rope, rope_sel)).astype(jnp.float32) * scale
+    logits = jnp.where(valid[:, :, None, :], logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1).astype(latent_sel.dtype)
+    return jnp.einsum("bshk,bskc->bshc", probs, latent_sel)
 
 
 def latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: jax.Array, k_rope: jax.Array,
@@ -79,10 +129,15 @@ class CachedMLAttention(nn.Module):
             self.indexer = LightningIndexer(c)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, positions: jax.Array,
-                 cache: dict, prev_topk: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
-        """x [b, s, d] at positions [b, s] (row i: start_i .. start_i + s - 1), this layer's cache
-        {latent [b, T, c], rope_key [b, T, r], index_key [b, T, di]}, prev_topk [b, s, k]
-        -> (out [b, s, d], topk [b, s, k], updated cache)."""
+                 cache: dict, layer: jax.Array, prev_topk: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        """x [b, s, d] at positions [b, s] (row i: start_i .. start_i + s - 1); the stack's cache
+        for this block-local layer {latent [R, b, T, c], rope_key [R, b, T, r], index_key [R, b, T, di]}
+        and this layer's index in it; prev_topk [b, s, k] -> (out [b, s, d], topk [b, s, k], cache).
+
+        The cache is updated in place (a scatter into the loop-carried buffer) and read by
+        gathering the selected rows, so a decode step touches O(index_topk) latent rows, not the
+        whole capacity; only the indexer scores every cached key, as DSA does.
+        """
         c = self.config
         if self.indexer_mode not in INDEXER_MODES:
             raise ValueError(f"indexer_mode={self.indexer_mode!r}; allowed values: {list(INDEXER_MODES)}")
@@ -96,48 +151,52 @@ class CachedMLAttention(nn.Module):
         if self.runs_indexer:
             index_q, index_k, index_w = self.indexer.queries_keys_weights(x, q_resid, cos, sin)
             new[INDEX_KEY] = index_k  # [b, s, di]
+        cache = {key: write_layer_rows(cache[key], new[key], layer, positions[:, 0], self.fresh) for key in new}
 
-        start = positions[:, 0]
-        if self.fresh:
-            cache = {key: jax.lax.dynamic_update_slice(cache[key], value.astype(cache[key].dtype), (0, 0, 0))
-                     for key, value in new.items()}
-            keys = {key: value.astype(cache[key].dtype) for key, value in new.items()}
-        else:
-            cache = {key: write_rows(cache[key], value, start) for key, value in new.items()}
-            keys = cache
-        cache = {key: nn.with_logical_constraint(value, CACHE_AXES) for key, value in cache.items()}
-        kv_len = keys[LATENT].shape[1]
+        def keys(key: str, bound: int | None = None) -> jax.Array:
+            """Keys at slots [0, bound) of this layer [b, bound, w]: the new rows when prefilling."""
+            if self.fresh:
+                return new[key].astype(cache[key].dtype)[:, :bound]
+            _, b, t, w = cache[key].shape
+            return jax.lax.dynamic_slice(cache[key], (layer, 0, 0, 0), (1, b, bound or t, w))[0]
+
+        kv_len = new[LATENT].shape[1] if self.fresh else cache[LATENT].shape[2]
         visible = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :] <= positions[:, :, None]  # [b, s, t]
-
         k = min(c.index_topk, kv_len)
         dense = kv_len <= c.index_topk or self.indexer_mode == "never"
-        if dense:
+        if dense or not self.runs_indexer:
             topk = prev_topk
-        elif self.runs_indexer:
-            def run_indexer():
-                scores = index_scores(index_q, keys[INDEX_KEY].astype(jnp.float32), index_w, visible,
-                                      c.index_head_dim**-0.5)
+        else:
+            def run_indexer(bound: int) -> jax.Array:
+                scores = index_scores(index_q, keys(INDEX_KEY, bound).astype(jnp.float32), index_w,
+                                      visible[:, :, :bound], c.index_head_dim**-0.5)
                 return select_topk(scores, k)
 
-            if self.indexer_mode == "always":
-                topk = run_indexer()
+            if self.indexer_mode == "always" or self.fresh:
+                topk = run_indexer(kv_len)
             else:
-                every_query_short = jnp.all(positions < c.index_topk)
-                topk = jax.lax.cond(every_query_short, lambda: all_visible_selection(positions, k),
-                                    run_indexer)
-        else:
-            topk = prev_topk
+                # Score only the slots the longest row can see, rounded up to a bucket; no scoring
+                # at all while every context fits in index_topk.
+                bounds = context_buckets(kv_len, c.index_topk)
+                longest = jnp.max(positions) + 1
+                branch = jnp.sum(longest > jnp.asarray([c.index_topk] + bounds[:-1], jnp.int32))
+                topk = jax.lax.switch(branch, [lambda: all_visible_selection(positions, k)]
+                                      + [functools.partial(run_indexer, bound) for bound in bounds])
 
         kv_b = jnp.asarray(self.kv_b_proj.kernel, q.dtype)
         q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])  # W_uk absorbed
         q_latent = nn.with_logical_constraint(
             q_latent, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
-        latent, rope_key = keys[LATENT].astype(q.dtype), keys[ROPE_KEY].astype(q.dtype)
         if dense:
-            out_latent = latent_attention(q_latent, q_rope, latent, rope_key, visible, c.attention_scale)
+            out_latent = latent_attention(q_latent, q_rope, keys(LATENT).astype(q.dtype),
+                                          keys(ROPE_KEY).astype(q.dtype), visible, c.attention_scale)
+        elif self.fresh:
+            out_latent = sa.gathered_latent_attention(q_latent, q_rope, keys(LATENT).astype(q.dtype),
+                                                      keys(ROPE_KEY).astype(q.dtype), topk, c.attention_scale)
         else:
-            out_latent = sa.gathered_latent_attention(q_latent, q_rope, latent, rope_key, topk,
-                                                      c.attention_scale)
+            selected = {key: gather_layer_rows(cache[key], layer, topk).astype(q.dtype) for key in (LATENT, ROPE_KEY)}
+            out_latent = selected_latent_attention(q_latent, q_rope, selected[LATENT], selected[ROPE_KEY],
+                                                   topk != NO_KEY, c.attention_scale)
         out = jnp.einsum("bshc,chv->bshv", out_latent, kv_b[..., nope:])  # W_uv once, at the end
         out = nn.with_logical_constraint(
             out, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))

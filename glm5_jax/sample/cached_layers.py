@@ -2,8 +2,10 @@
 
 The parameter tree is GLM5Model's (``{dense_layers,moe_layers}/block/layer_{i}/...`` with a
 leading scan axis), so variables from training or ``load_hf`` apply unchanged. Each stack scans
-over its repeated blocks with that block's slice of the cache as scanned input and output;
-the activations and the running top-k selection travel in the carry, as in the full forward.
+over its repeated blocks; the whole stacked cache travels in the carry beside the activations
+and the running top-k selection, and each block indexes its own layer. Carrying (rather than
+scanning over slices, which copies them out and back) lets every write be an in-place scatter
+and every read a gather of the selected rows, so decode cost does not grow with capacity.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
@@ -31,15 +34,17 @@ class CachedDecoderLayer(nn.Module):
     indexer_mode: str = "auto"
 
     @nn.compact
-    def __call__(self, x, cos, sin, positions, cache, prev_topk):
-        """x [b, s, d] -> (x [b, s, d], topk [b, s, k], cache) (one pre-norm layer, as DecoderLayer)."""
+    def __call__(self, x, cos, sin, positions, cache, layer, prev_topk):
+        """x [b, s, d] -> (x [b, s, d], topk [b, s, k], cache) (one pre-norm layer, as DecoderLayer).
+
+        cache: this block-local layer's stacked arrays [R, b, T, w]; layer: the index into R."""
         c = self.config
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
         attention = CachedMLAttention(c, runs_indexer=self.indexer_type == "full", fresh=self.fresh,
                                       indexer_mode=self.indexer_mode, name="self_attn")
         attn_out, topk, cache = attention(RMSNorm(c.rms_norm_eps, dt, pdt, name="input_layernorm")(x),
-                                          cos, sin, positions, cache, prev_topk)
+                                          cos, sin, positions, cache, layer, prev_topk)
         x = x + attn_out
         h = RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_layernorm")(x)
         if self.mlp_type == "dense":
@@ -59,15 +64,15 @@ class CachedLayerBlock(nn.Module):
     indexer_mode: str = "auto"
 
     @nn.compact
-    def __call__(self, carry, cache, cos, sin, positions):
-        x, topk = carry
-        new_cache = {}
+    def __call__(self, carry, layer, cos, sin, positions):
+        x, topk, cache = carry
+        cache = dict(cache)
         for i, indexer_type in enumerate(self.indexer_types):
             name = f"layer_{i}"
-            x, topk, new_cache[name] = CachedDecoderLayer(
+            x, topk, cache[name] = CachedDecoderLayer(
                 self.config, self.mlp_type, indexer_type, self.fresh, self.indexer_mode, name=name)(
-                    x, cos, sin, positions, cache[name], topk)
-        return (x, topk), new_cache
+                    x, cos, sin, positions, cache[name], layer, topk)
+        return (x, topk, cache), None
 
 
 class CachedLayerStack(nn.Module):
@@ -81,14 +86,16 @@ class CachedLayerStack(nn.Module):
     def __call__(self, x: jax.Array, topk: jax.Array, cache: dict, cos: jax.Array, sin: jax.Array,
                  positions: jax.Array):
         period = block_period(self.indexer_types)
+        repeats = len(self.indexer_types) // period
         scanned = nn.scan(
             CachedLayerBlock,
             variable_axes={"params": 0, ROUTING_COLLECTION: 0},
             split_rngs={"params": False},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=len(self.indexer_types) // period,
+            length=repeats,
         )
-        (x, topk), cache = scanned(self.config, self.mlp_type, tuple(self.indexer_types[:period]),
-                                   self.fresh, self.indexer_mode, name="block")(
-                                       (x, topk), cache, cos, sin, positions)
+        (x, topk, cache), _ = scanned(self.config, self.mlp_type, tuple(self.indexer_types[:period]),
+                                      self.fresh, self.indexer_mode, name="block")(
+                                          (x, topk, cache), jnp.arange(repeats, dtype=jnp.int32), cos, sin,
+                                          positions)
         return x, topk, cache

@@ -45,7 +45,7 @@ class CachedMTPModule(nn.Module):
                        c.initializer_range, dt, pdt, name="eh_proj")(joined)
         mlp_type = "sparse" if c.num_moe_layers else "dense"
         h, _, cache = CachedDecoderLayer(c, mlp_type, "full", self.fresh, self.indexer_mode, name="layer")(
-            h, cos, sin, positions, cache, topk)
+            h, cos, sin, positions, cache, jnp.int32(0), topk)
         return h, RMSNorm(c.rms_norm_eps, dt, pdt, name="head_norm")(h), cache
 
 
@@ -115,7 +115,7 @@ class CachedGLM5(nn.Module):
         c = self.config
         batch, seq = next_tokens.shape
         cos, sin = rope_angles(c, positions)
-        topk = self._initial_topk(batch, seq, cache[MTP][LATENT].shape[1])
+        topk = self._initial_topk(batch, seq, cache[MTP][LATENT].shape[2])
         h, normed, mtp_cache = self.mtp_0(hidden, self._embed(next_tokens), cos, sin, positions,
                                           cache[MTP], topk)
         logits = self._head(_select_rows(normed, logit_index))

@@ -94,8 +94,12 @@ def _trim(tokens: np.ndarray, logprobs: np.ndarray, n_out: int, max_new: int, eo
 def run_batch(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]], max_new_tokens: int,
               temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop: StopSpec = None,
               *, eos_token_id=_FROM_CONFIG, tokenizer=None, speculative_steps: int = 0,
-              indexer_mode: str = "auto", mesh=None) -> BatchResult:
-    """``generate`` with decode statistics (mean accepted length for speculative decoding)."""
+              indexer_mode: str = "auto", mesh=None, min_capacity: int = 0) -> BatchResult:
+    """``generate`` with decode statistics (mean accepted length for speculative decoding).
+
+    ``min_capacity``: allocate at least this many cache positions (a server keeps one capacity
+    for every request, so one compilation serves them all).
+    """
     if speculative_steps and not config.num_mtp_layers:
         raise ValueError(f"speculative_steps={speculative_steps} needs MTP parameters but the config has "
                          "num_mtp_layers=0; use speculative_steps=0")
@@ -105,7 +109,7 @@ def run_batch(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[i
     criteria = StopCriteria.parse(stop, None if tokenizer is None else tokenizer.decode)
     prompt, lengths = pad_prompts(prompts, config.vocab_size)
     draft = int(speculative_steps)
-    capacity = round_up(prompt.shape[1] + max_new_tokens + draft + 1, CAPACITY_BUCKET)
+    capacity = round_up(max(prompt.shape[1] + max_new_tokens + draft + 1, min_capacity), CAPACITY_BUCKET)
     out_len = max_new_tokens + draft + 1
     kind = PolicyKind.of(temperature, top_k, top_p)
     policy = make_policy(temperature, top_k, top_p, eos, max_new_tokens, seed)
