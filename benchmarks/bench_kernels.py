@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +32,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pallas_kernels.grouped_matmul import grouped_matmul, grouped_matmul_reference  # noqa: E402
-from pallas_kernels.indexer_scores import indexer_scores, indexer_scores_reference  # noqa: E402
-from pallas_kernels.sparse_attention import (  # noqa: E402
-    sparse_topk_attention, sparse_topk_attention_reference)
-from pallas_kernels.testing import random_group_sizes, scaled_error, tolerance  # noqa: E402
+from pallas_kernels.grouped_matmul import grouped_matmul, grouped_matmul_reference
+from pallas_kernels.indexer_scores import indexer_scores, indexer_scores_reference
+from pallas_kernels.sparse_attention import (
+    sparse_topk_attention,
+    sparse_topk_attention_reference,
+)
+from pallas_kernels.testing import random_group_sizes, scaled_error, tolerance
 
 
 @dataclasses.dataclass
@@ -92,22 +94,25 @@ def gmm_case(on_accelerator: bool, distribution: str, seed: int):
 def bench_grouped_matmul(on_accelerator, iters, seed) -> list[Row]:
     rows = []
     for distribution in ("uniform", "skewed"):
-        (lhs, rhs, sizes), shape = gmm_case(on_accelerator, distribution, seed)
-        m, k = lhs.shape
-        experts, _, n = rhs.shape
-        fwd_bytes = 2 * (m * k + experts * k * n + m * n)
-        kernel = lambda a, b: grouped_matmul(a, b, sizes, preferred_element_type=jnp.bfloat16)
-        reference = lambda a, b: grouped_matmul_reference(
-            a, b, sizes, preferred_element_type=jnp.bfloat16)
-        cotangent = jnp.asarray(np.random.default_rng(seed).standard_normal((m, n)), jnp.float32)
-        grad = lambda f: (lambda a, b: jax.grad(
-            lambda a, b: jnp.sum(f(a, b).astype(jnp.float32) * cotangent), (0, 1))(a, b))
-        for label, k_fn, r_fn, mult in (("fwd", kernel, reference, 1),
-                                        ("fwd+bwd", grad(kernel), grad(reference), 3)):
-            rows.append(run_row(f"grouped_matmul {label}", shape, 2 * m * k * n * mult,
-                                fwd_bytes * mult, k_fn, r_fn, (lhs, rhs), jnp.bfloat16,
-                                on_accelerator, iters))
+        args, shape = gmm_case(on_accelerator, distribution, seed)
+        rows += grouped_matmul_rows(*args, shape, on_accelerator, iters, seed)
     return rows
+
+
+def grouped_matmul_rows(lhs, rhs, sizes, shape, on_accelerator, iters, seed) -> list[Row]:
+    m, k = lhs.shape
+    experts, _, n = rhs.shape
+    fwd_bytes = 2 * (m * k + experts * k * n + m * n)
+    kernel = lambda a, b: grouped_matmul(a, b, sizes, preferred_element_type=jnp.bfloat16)
+    reference = lambda a, b: grouped_matmul_reference(
+        a, b, sizes, preferred_element_type=jnp.bfloat16)
+    cotangent = jnp.asarray(np.random.default_rng(seed).standard_normal((m, n)), jnp.float32)
+    grad = lambda f: jax.grad(lambda a, b: jnp.sum(f(a, b).astype(jnp.float32) * cotangent),
+                              (0, 1))
+    return [run_row(f"grouped_matmul {label}", shape, 2 * m * k * n * mult, fwd_bytes * mult,
+                    k_fn, r_fn, (lhs, rhs), jnp.bfloat16, on_accelerator, iters)
+            for label, k_fn, r_fn, mult in (("fwd", kernel, reference, 1),
+                                            ("fwd+bwd", grad(kernel), grad(reference), 3))]
 
 
 def attention_case(on_accelerator: bool, context: int, seed: int):
@@ -131,49 +136,53 @@ def attention_case(on_accelerator: bool, context: int, seed: int):
 def bench_sparse_attention(on_accelerator, iters, seed, contexts) -> list[Row]:
     rows = []
     for context in contexts:
-        (q, k, v, idx), shape, scale = attention_case(on_accelerator, context, seed)
-        batch, q_len, heads, d_qk = q.shape
-        d_v, topk = v.shape[-1], idx.shape[-1]
-        flops = 2 * batch * q_len * heads * topk * (d_qk + d_v)
-        moved = 2 * batch * q_len * (topk * (d_qk + d_v) + heads * (d_qk + d_v))
-        chunk = 256 if on_accelerator else None
-        kernel = lambda q, k, v: sparse_topk_attention(q, k, v, idx, scale=scale)[0]
-        reference = lambda q, k, v: sparse_topk_attention_reference(
-            q, k, v, idx, scale=scale, query_chunk=chunk)[0]
-        cotangent = jnp.asarray(
-            np.random.default_rng(seed).standard_normal((batch, q_len, heads, d_v)), jnp.float32)
-        grad = lambda f: (lambda q, k, v: jax.grad(
-            lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * cotangent),
-            (0, 1, 2))(q, k, v))
-        for label, k_fn, r_fn, mult in (("fwd", kernel, reference, 1),
-                                        ("fwd+bwd", grad(kernel), grad(reference), 3)):
-            rows.append(run_row(f"sparse_topk_attention {label}", shape, flops * mult,
-                                moved * mult, k_fn, r_fn, (q, k, v), jnp.bfloat16,
-                                on_accelerator, iters))
+        args, shape, scale = attention_case(on_accelerator, context, seed)
+        rows += sparse_attention_rows(*args, shape, scale, on_accelerator, iters, seed)
     return rows
+
+
+def sparse_attention_rows(q, k, v, idx, shape, scale, on_accelerator, iters, seed) -> list[Row]:
+    batch, q_len, heads, d_qk = q.shape
+    d_v, topk = v.shape[-1], idx.shape[-1]
+    flops = 2 * batch * q_len * heads * topk * (d_qk + d_v)
+    moved = 2 * batch * q_len * (topk * (d_qk + d_v) + heads * (d_qk + d_v))
+    chunk = 256 if on_accelerator else None
+    kernel = lambda q, k, v: sparse_topk_attention(q, k, v, idx, scale=scale)[0]
+    reference = lambda q, k, v: sparse_topk_attention_reference(
+        q, k, v, idx, scale=scale, query_chunk=chunk)[0]
+    cotangent = jnp.asarray(
+        np.random.default_rng(seed).standard_normal((batch, q_len, heads, d_v)), jnp.float32)
+    grad = lambda f: jax.grad(
+        lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * cotangent), (0, 1, 2))
+    return [run_row(f"sparse_topk_attention {label}", shape, flops * mult, moved * mult,
+                    k_fn, r_fn, (q, k, v), jnp.bfloat16, on_accelerator, iters)
+            for label, k_fn, r_fn, mult in (("fwd", kernel, reference, 1),
+                                            ("fwd+bwd", grad(kernel), grad(reference), 3))]
 
 
 def bench_indexer(on_accelerator, iters, seed, contexts) -> list[Row]:
-    rows = []
-    for context in contexts:
-        if on_accelerator:
-            q_len, heads, d = min(context, 4096), 64, 128
-        else:
-            q_len, heads, d = 128, 4, 32
-        rng = np.random.default_rng(seed)
-        q = jnp.asarray(rng.standard_normal((1, q_len, heads, d)), jnp.bfloat16)
-        k = jnp.asarray(rng.standard_normal((1, context, d)), jnp.bfloat16)
-        w = jnp.asarray(rng.random((1, q_len, heads)), jnp.bfloat16)
-        offset = context - q_len
-        visible = q_len * offset + q_len * (q_len + 1) / 2
-        flops = 2 * visible * heads * (d + 1)
-        moved = 2 * (q.size + k.size + w.size) + 4 * q_len * context
-        kernel = lambda q, k, w: indexer_scores(q, k, w, q_offset=offset)
-        reference = lambda q, k, w: indexer_scores_reference(q, k, w, q_offset=offset)
-        shape = f"q_len={q_len} context={context} index_heads={heads} d={d}"
-        rows.append(run_row("indexer_scores fwd", shape, flops, moved, kernel, reference,
-                            (q, k, w), jnp.bfloat16, on_accelerator, iters))
-    return rows
+    return [indexer_row(context, on_accelerator, iters, seed) for context in contexts]
+
+
+def indexer_row(context, on_accelerator, iters, seed) -> Row:
+    if on_accelerator:
+        q_len, heads, d, chunk = min(context, 4096), 64, 128, 512
+    else:
+        q_len, heads, d, chunk = 128, 4, 32, None
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.standard_normal((1, q_len, heads, d)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal((1, context, d)), jnp.bfloat16)
+    w = jnp.asarray(rng.random((1, q_len, heads)), jnp.bfloat16)
+    offset = context - q_len  # the last q_len queries of the context
+    visible = q_len * offset + q_len * (q_len + 1) / 2
+    flops = 2 * visible * heads * (d + 1)
+    moved = 2 * (q.size + k.size + w.size) + 4 * q_len * context
+    kernel = lambda q, k, w: indexer_scores(q, k, w, q_offset=offset)
+    reference = lambda q, k, w: indexer_scores_reference(q, k, w, q_offset=offset,
+                                                         query_chunk=chunk)
+    shape = f"q_len={q_len} context={context} index_heads={heads} d={d}"
+    return run_row("indexer_scores fwd", shape, flops, moved, kernel, reference, (q, k, w),
+                   jnp.bfloat16, on_accelerator, iters)
 
 
 def run_row(name, shape, flops, moved, kernel, reference, args, dtype, on_accelerator, iters):
@@ -187,9 +196,45 @@ def run_row(name, shape, flops, moved, kernel, reference, args, dtype, on_accele
         row.reference_s = timed(reference, *args, iters=iters)
         if on_accelerator:
             row.kernel_s = timed(kernel, *args, iters=iters)
-    except Exception as error:  # a failing kernel must not hide the others' numbers
+    except Exception as error:  # noqa: BLE001 -- a failing kernel must not hide the others
         row.note = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
     return row
+
+
+def lowering_report() -> list[str]:
+    """Lower every kernel (forward and gradient) for TPU and CUDA from this host.
+
+    This runs the Pallas -> Mosaic / Triton lowering only; compiling those modules to
+    machine code needs the device's plugin.
+    """
+    sds = jax.ShapeDtypeStruct
+    bf16, i32 = jnp.bfloat16, jnp.int32
+    cases = {
+        "grouped_matmul": (
+            lambda b: jax.grad(lambda x, w, g: jnp.sum(grouped_matmul(
+                x, w, g, backend=b, interpret=False)), (0, 1)),
+            (sds((1024, 1024), bf16), sds((8, 1024, 512), bf16), sds((8,), i32))),
+        "sparse_topk_attention": (
+            lambda b: jax.grad(lambda q, k, v, i: jnp.sum(sparse_topk_attention(
+                q, k, v, i, scale=0.1, backend=b, interpret=False)[0].astype(jnp.float32)),
+                (0, 1, 2)),
+            (sds((1, 64, 16, 576), bf16), sds((1, 1024, 1, 576), bf16),
+             sds((1, 1024, 1, 512), bf16), sds((1, 64, 256), i32))),
+        "indexer_scores": (
+            lambda b: (lambda q, k, w: indexer_scores(q, k, w, backend=b, interpret=False)),
+            (sds((1, 512, 32, 128), bf16), sds((1, 2048, 128), bf16), sds((1, 512, 32), bf16))),
+    }
+    lines = ["| kernel (fwd + grads) | TPU (Mosaic) | GPU (Triton) |", "|---|---|---|"]
+    for name, (make, shapes) in cases.items():
+        cells = []
+        for backend, platform in (("tpu", "tpu"), ("gpu", "cuda")):
+            try:
+                jax.jit(make(backend)).trace(*shapes).lower(lowering_platforms=(platform,))
+                cells.append("lowers")
+            except Exception as error:  # noqa: BLE001 -- report, do not abort the benchmark
+                cells.append(f"FAILS: {type(error).__name__}")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def render(rows, backend, device, ceilings, command, on_accelerator) -> str:
@@ -199,8 +244,8 @@ def render(rows, backend, device, ceilings, command, on_accelerator) -> str:
         "",
         f"Command: `{command}`  ",
         f"Backend: `{backend}` ({device}); jax {jax.__version__}.  ",
-        f"Measured ceilings on this device: matmul {peak_flops / 1e12:.3g} TFLOP/s, "
-        f"copy {peak_bytes / 1e9:.3g} GB/s.",
+        (f"Measured ceilings on this device: matmul {peak_flops / 1e12:.3g} TFLOP/s, "
+        f"copy {peak_bytes / 1e9:.3g} GB/s."),
         "",
     ]
     if not on_accelerator:
@@ -220,8 +265,8 @@ def render(rows, backend, device, ceilings, command, on_accelerator) -> str:
                 f"{fmt_time(r.reference_s)} | {r.note} |")
     else:
         lines += [
-            "| kernel | shape | kernel | reference | speedup | kernel TFLOP/s (% peak) "
-            "| kernel GB/s (% copy) | scaled error | note |",
+            ("| kernel | shape | kernel | reference | speedup | kernel TFLOP/s (% peak) "
+            "| kernel GB/s (% copy) | scaled error | note |"),
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -240,6 +285,11 @@ def render(rows, backend, device, ceilings, command, on_accelerator) -> str:
         "",
         "FLOPs count only useful work (visible/valid entries); bytes count the minimum",
         "traffic (operands once, gathered rows once per query). fwd+bwd counts 3x the forward.",
+        "",
+        "Lowering from this host (`jit(...).trace(...).lower(lowering_platforms=...)`: the",
+        "Pallas -> Mosaic/Triton lowering runs; compiling to machine code needs the device):",
+        "",
+        *lowering_report(),
     ]
     return "\n".join(lines) + "\n"
 

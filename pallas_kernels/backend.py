@@ -14,7 +14,8 @@ share their math, and this module decides, once per call, which one to trace:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 from jax.experimental.pallas import tpu as pltpu

@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import backend as backend_lib
-from pallas_kernels import block_sizes
-from pallas_kernels import group_metadata
-from pallas_kernels import grouped_matmul_gpu
-from pallas_kernels import grouped_matmul_tpu
+from pallas_kernels import (
+    block_sizes,
+    group_metadata,
+    grouped_matmul_gpu,
+    grouped_matmul_tpu,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +155,8 @@ def _weight_grad(lhs, dout, group_sizes, group_offset, config, *, num_groups, ou
                            backend_lib.round_up(n, bn))
     lhs_p = _pad_to(lhs, (m_pad, k_pad))
     dout_p = _pad_to(dout, (m_pad, n_pad))
-    common = dict(num_groups=num_groups, block_m=bm, block_k=bk, block_n=bn,
-                  out_dtype=out_dtype, backend=config.backend, interpret=config.interpret)
+    common = {"num_groups": num_groups, "block_m": bm, "block_k": bk, "block_n": bn,
+                  "out_dtype": out_dtype, "backend": config.backend, "interpret": config.interpret}
     if backend_lib.formulation(config.backend) == "gpu":
         start, end = group_metadata.local_group_bounds(group_sizes, group_offset, num_groups, m)
         out = grouped_matmul_gpu.tgmm(lhs_p, dout_p, start, end, **common)

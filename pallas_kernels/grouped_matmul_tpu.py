@@ -44,19 +44,22 @@ def gmm(
     num_visits = visits.tile.shape[0]
     grid = (n_pad // block_n, num_visits, k_pad // block_k)
 
-    def lhs_map(n, v, k, tile, group, *_):
-        return tile[v], k
+    # Visits that only write zeros (compute == 0) keep pointing at block (0, 0) of lhs and
+    # at k block 0 of rhs, so consecutive zero visits trigger no new DMAs.
+    def lhs_map(n, v, k, tile, group, start, end, compute, *_):
+        busy = compute[v] == 1
+        return jnp.where(busy, tile[v], 0), jnp.where(busy, k, 0)
 
     if transpose_rhs:
         rhs_block = (None, block_n, block_k)
 
-        def rhs_map(n, v, k, tile, group, *_):
-            return group[v], n, k
+        def rhs_map(n, v, k, tile, group, start, end, compute, *_):
+            return group[v], n, jnp.where(compute[v] == 1, k, 0)
     else:
         rhs_block = (None, block_k, block_n)
 
-        def rhs_map(n, v, k, tile, group, *_):
-            return group[v], k, n
+        def rhs_map(n, v, k, tile, group, start, end, compute, *_):
+            return group[v], jnp.where(compute[v] == 1, k, 0), n
 
     def out_map(n, v, k, tile, *_):
         return tile[v], n

@@ -29,8 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import backend as backend_lib
-from pallas_kernels import block_sizes
-from pallas_kernels import poison
+from pallas_kernels import block_sizes, poison
 
 _NT = (((1,), (1,)), ((), ()))
 
@@ -176,7 +175,7 @@ def _indexer_scores_fwd(q, k, weights, q_offset, config):
 def _indexer_scores_bwd(config, residuals, dscores):
     """Blocked jnp backward: per query chunk, recompute q.k and push dscores through."""
     q, k, weights, q_offset = residuals
-    batch, q_len, heads, d = q.shape
+    batch, q_len = q.shape[:2]
     chunk = min(config.bwd_query_chunk, q_len)
     num_chunks = -(-q_len // chunk)
     pad = num_chunks * chunk - q_len

@@ -20,11 +20,12 @@ Gradients flow through (shard_map transposes psum into the right collective).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from pallas_kernels.grouped_matmul import grouped_matmul
 from pallas_kernels.indexer_scores import indexer_scores

@@ -36,9 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import backend as backend_lib
-from pallas_kernels import block_sizes
-from pallas_kernels import sparse_attention_gpu
-from pallas_kernels import sparse_attention_tpu
+from pallas_kernels import block_sizes, sparse_attention_gpu, sparse_attention_tpu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +111,9 @@ def _kernels(config: _Config):
 
 
 def _kernel_args(config: _Config) -> dict:
-    return dict(scale=config.scale, block_k=config.block_k,
-                heads_per_batch=config.heads_per_batch, backend=config.backend,
-                interpret=config.interpret)
+    return {"scale": config.scale, "block_k": config.block_k,
+                "heads_per_batch": config.heads_per_batch, "backend": config.backend,
+                "interpret": config.interpret}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -37,7 +37,7 @@ def _column_chunks(width: int) -> tuple[tuple[int, int], ...]:
     chunks, offset = [], 0
     for bit in reversed(range(width.bit_length())):
         size = 1 << bit
-        if width - offset >= size and size >= 16:
+        if width - offset >= size >= 16:
             chunks.append((offset, size))
             offset += size
     assert offset == width, (width, chunks)

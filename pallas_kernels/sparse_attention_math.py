@@ -14,7 +14,7 @@ widths, so d_qk = 576 is split as 512 + 64); the dot products are summed over ch
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

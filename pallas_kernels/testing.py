@@ -7,8 +7,8 @@ must come from one table keyed by dtype (never loosened per test).
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 # Error allowed relative to the largest reference magnitude. f32: accumulation-order
 # noise of f32 sums; bf16: one bf16 rounding (2^-8) of an operand or result, with room

@@ -12,12 +12,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pallas_kernels.grouped_matmul import grouped_matmul, grouped_matmul_reference
 from pallas_kernels.poison import poisoned_outputs
 from pallas_kernels.testing import (
-    GROUP_SIZE_DISTRIBUTIONS, assert_close, random_group_sizes, scaled_error, tolerance)
+    GROUP_SIZE_DISTRIBUTIONS,
+    assert_close,
+    random_group_sizes,
+    scaled_error,
+    tolerance,
+)
+
 
 def slow(max_examples: int) -> settings:
     """Few examples, no deadline: each new shape compiles an interpreted kernel."""
@@ -63,18 +70,18 @@ def make_case(seed, m, k, n, num_groups, num_local, group_offset, distribution, 
 def cases(draw):
     num_groups = draw(st.integers(1, 9))
     num_local = draw(st.integers(1, num_groups))
-    return dict(
-        seed=draw(st.integers(0, 2**31 - 1)),
-        m=draw(st.integers(1, 96)),
-        k=draw(st.integers(1, 40)),
-        n=draw(st.integers(1, 40)),
-        num_groups=num_groups,
-        num_local=num_local,
-        group_offset=draw(st.integers(0, num_groups - num_local)),
-        distribution=draw(st.sampled_from(GROUP_SIZE_DISTRIBUTIONS)),
-        slack=draw(st.sampled_from([0, 0, 1, 7])),
-        dtype=draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
-    )
+    return {
+        "seed": draw(st.integers(0, 2**31 - 1)),
+        "m": draw(st.integers(1, 96)),
+        "k": draw(st.integers(1, 40)),
+        "n": draw(st.integers(1, 40)),
+        "num_groups": num_groups,
+        "num_local": num_local,
+        "group_offset": draw(st.integers(0, num_groups - num_local)),
+        "distribution": draw(st.sampled_from(GROUP_SIZE_DISTRIBUTIONS)),
+        "slack": draw(st.sampled_from([0, 0, 1, 7])),
+        "dtype": draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
+    }
 
 
 def check_kernel(case, backend, blocks):
@@ -105,14 +112,14 @@ def test_reference_matches_numpy_loop(case):
 @given(case=cases(), block_m=st.sampled_from([8, 16, 32]), block_k=st.sampled_from([8, 16, 128]),
        block_n=st.sampled_from([8, 16, 128]))
 def test_tpu_formulation_matches_reference(case, block_m, block_k, block_n):
-    check_kernel(case, "cpu", dict(block_m=block_m, block_k=block_k, block_n=block_n))
+    check_kernel(case, "cpu", {"block_m": block_m, "block_k": block_k, "block_n": block_n})
 
 
 @slow(5)
 @given(case=cases(), block_m=st.sampled_from([16, 32]), block_k=st.sampled_from([16, 32]),
        block_n=st.sampled_from([16, 64]))
 def test_gpu_formulation_matches_reference(case, block_m, block_k, block_n):
-    check_kernel(case, "gpu", dict(block_m=block_m, block_k=block_k, block_n=block_n))
+    check_kernel(case, "gpu", {"block_m": block_m, "block_k": block_k, "block_n": block_n})
 
 
 # Same shapes for every case (m=64 rows, 6 groups, rhs holds 3 of them), so one

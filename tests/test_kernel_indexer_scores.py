@@ -10,9 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pallas_kernels.indexer_scores import indexer_scores, indexer_scores_reference, select_topk
+from pallas_kernels.indexer_scores import (
+    indexer_scores,
+    indexer_scores_reference,
+    select_topk,
+)
 from pallas_kernels.poison import poisoned_outputs
 from pallas_kernels.testing import assert_close, scaled_error, tolerance
 
@@ -50,17 +55,17 @@ def make_case(seed, batch, q_len, kv_len, heads, d, causal, q_offset, dtype):
 def cases(draw):
     kv_len = draw(st.integers(1, 70))
     causal = draw(st.booleans())
-    return dict(
-        seed=draw(st.integers(0, 2**31 - 1)),
-        batch=draw(st.integers(1, 2)),
-        q_len=draw(st.integers(1, 40)),
-        kv_len=kv_len,
-        heads=draw(st.integers(1, 5)),
-        d=draw(st.integers(1, 40)),
-        causal=causal,
-        q_offset=draw(st.integers(0, kv_len)) if causal else 0,
-        dtype=draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
-    )
+    return {
+        "seed": draw(st.integers(0, 2**31 - 1)),
+        "batch": draw(st.integers(1, 2)),
+        "q_len": draw(st.integers(1, 40)),
+        "kv_len": kv_len,
+        "heads": draw(st.integers(1, 5)),
+        "d": draw(st.integers(1, 40)),
+        "causal": causal,
+        "q_offset": draw(st.integers(0, kv_len)) if causal else 0,
+        "dtype": draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
+    }
 
 
 def check_kernel(case, backend, block_q, block_k):

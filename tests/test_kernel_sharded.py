@@ -13,19 +13,23 @@ import os
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from pallas_kernels.grouped_matmul import grouped_matmul_reference  # noqa: E402
-from pallas_kernels.indexer_scores import indexer_scores_reference  # noqa: E402
-from pallas_kernels.poison import poisoned_outputs  # noqa: E402
-from pallas_kernels.sharded import (  # noqa: E402
-    sharded_grouped_matmul, sharded_indexer_scores, sharded_sparse_topk_attention)
-from pallas_kernels.sparse_attention import sparse_topk_attention_reference  # noqa: E402
-from pallas_kernels.testing import assert_close, random_group_sizes  # noqa: E402
+from pallas_kernels.grouped_matmul import grouped_matmul_reference
+from pallas_kernels.indexer_scores import indexer_scores_reference
+from pallas_kernels.poison import poisoned_outputs
+from pallas_kernels.sharded import (
+    sharded_grouped_matmul,
+    sharded_indexer_scores,
+    sharded_sparse_topk_attention,
+)
+from pallas_kernels.sparse_attention import sparse_topk_attention_reference
+from pallas_kernels.testing import assert_close, random_group_sizes
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS set after jax started)")

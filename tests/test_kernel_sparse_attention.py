@@ -14,12 +14,15 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pallas_kernels.indexer_scores import indexer_scores, select_topk
 from pallas_kernels.poison import poisoned_outputs
 from pallas_kernels.sparse_attention import (
-    sparse_topk_attention, sparse_topk_attention_reference)
+    sparse_topk_attention,
+    sparse_topk_attention_reference,
+)
 from pallas_kernels.testing import assert_close, scaled_error, tolerance
 
 
@@ -77,20 +80,20 @@ def make_case(seed, batch, q_len, kv_len, heads, shared_kv, d_qk, d_v, topk, inv
 
 @st.composite
 def cases(draw):
-    return dict(
-        seed=draw(st.integers(0, 2**31 - 1)),
-        batch=draw(st.integers(1, 2)),
-        q_len=draw(st.integers(1, 6)),
-        kv_len=draw(st.integers(1, 48)),
-        heads=draw(st.sampled_from([1, 2, 4])),
-        shared_kv=draw(st.booleans()),
-        d_qk=draw(st.integers(1, 40)),
-        d_v=draw(st.integers(1, 24)),
-        topk=draw(st.integers(1, 40)),
-        invalid=draw(st.sampled_from([0.0, 0.3])),
-        duplicates=draw(st.booleans()),
-        dtype=draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
-    )
+    return {
+        "seed": draw(st.integers(0, 2**31 - 1)),
+        "batch": draw(st.integers(1, 2)),
+        "q_len": draw(st.integers(1, 6)),
+        "kv_len": draw(st.integers(1, 48)),
+        "heads": draw(st.sampled_from([1, 2, 4])),
+        "shared_kv": draw(st.booleans()),
+        "d_qk": draw(st.integers(1, 40)),
+        "d_v": draw(st.integers(1, 24)),
+        "topk": draw(st.integers(1, 40)),
+        "invalid": draw(st.sampled_from([0.0, 0.3])),
+        "duplicates": draw(st.booleans()),
+        "dtype": draw(st.sampled_from([jnp.float32, jnp.bfloat16])),
+    }
 
 
 def forward_and_vjp(fn, args, cotangents):
