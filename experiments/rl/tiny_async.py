@@ -1,0 +1,85 @@
+"""Asynchronous agentic RL on the tiny preset: code tasks with unit tests, on CPU.
+
+    python -m glm5_jax.rl --config=experiments/rl/tiny_async.py --workdir=/tmp/rl_async
+
+Its lock-step twin is ``tiny_sync.py`` (same model, tasks, seeds, batch and workers; only
+``mode`` differs). ``benchmarks/bench_rl_async_vs_sync.py`` runs both and plots them.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.mode = "async"  # "async" | "sync"
+    config.backend = "process"  # "process" | "ray"
+    config.ray_address = ""  # "" starts a local Ray cluster; else ray.init(address=...)
+    config.ray_num_cpus = 0  # 0: Ray's default (all cores)
+    config.seed = 0
+
+    # Policy: a preset from glm5_jax.config with the tokenizer's vocabulary.
+    config.model = "tiny"
+    config.model_overrides = ml_collections.ConfigDict()
+    config.tokenizer = "char"
+    config.mesh = ""  # every local device on the data axis
+
+    # Tasks, environment, reward.
+    config.tasks = ml_collections.ConfigDict({"suite": "tiny", "levels": (1, 2, 3)})
+    config.environment = ml_collections.ConfigDict({
+        "kind": "debug",  # "single_turn" | "debug" | "test_driven"
+        "max_turns": 2, "shown_tests": 2, "feedback_chars": 32})
+    config.reward = ml_collections.ConfigDict({
+        "correct": 1.0, "fraction_passed": 0.5, "simplicity": 0.05, "cleanliness": 0.05,
+        "feedback": 0.05, "gate_lower_terms_on_pass": True, "feedback_scorer": "labels"})
+    config.gamma = 0.5  # credit of the final outcome per turn back
+    config.sandbox_workers = 2  # sandboxes per rollout worker
+    config.sandbox_timeout_s = 2.0
+
+    # Rollouts.
+    config.num_workers = 1
+    config.group_size = 8
+    config.groups_per_order = 2  # groups one worker generates in one batched call
+    config.groups_per_batch = 4  # groups per learner step (32 samples)
+    config.capacity_groups = 8  # back-pressure: buffered + running groups
+    config.max_staleness = 2  # policy versions
+    config.max_new_tokens = 32
+    config.temperature = 1.0
+    config.refresh_weights_each_turn = True  # pick up new weights mid-episode (recorded per turn)
+    config.max_worker_restarts = 20
+    config.worker_start_timeout_s = 1200.0
+    config.batch_timeout_s = 1200.0
+    # One XLA thread per worker: on a small host the learner keeps the other cores.
+    config.worker_xla_flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    config.compilation_cache_dir = "/tmp/glm5_rl_jax_cache"  # shared by learner, workers, runs
+
+    # Learner.
+    config.total_steps = 60
+    config.seq_len = 112  # prompt + 2 attempts + one failure report
+    config.objective = "direct_double_sided"  # | "decoupled" | "truncated_is"
+    config.is_eps_low = 0.2
+    config.is_eps_high = 0.28
+    config.clip_eps = 0.2  # decoupled
+    config.behaviour_weight_cap = 0.0  # decoupled; 0 = uncapped
+    config.truncation_cap = 2.0  # truncated_is
+    config.kl_coef = 0.0
+    config.normalize_advantages_by_std = True
+    config.learning_rate = 1e-3
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.99
+    config.adam_eps = 1e-8
+    config.weight_decay = 0.0
+    config.max_grad_norm = 1.0
+    config.frozen_params = ("indexer", "mtp_")  # the DSA indexer stays frozen during RL
+    config.sync_every = 1  # publish new weights every learner step
+    config.reset_optimizer_on_push = False
+
+    # Supervised warm start (cached by content under cache_dir).
+    config.warm_start = ml_collections.ConfigDict({
+        "steps": 40, "batch_size": 32, "learning_rate": 3e-3, "seq_len": 48,
+        "cache_dir": "/tmp/glm5_rl_warm_start"})
+
+    config.log_every = 1
+    config.checkpoint_every = 20
+    return config

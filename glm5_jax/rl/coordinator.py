@@ -1,0 +1,221 @@
+"""The coordinator: hands work to rollout workers, files what comes back, restarts the dead.
+
+It sits between any worker pool (local processes or Ray actors: same interface, ``poll``
+returns messages and dead workers) and the trajectory buffer, and is the only code that
+touches the buffer, under one lock:
+
+* **dispatch**: an idle, warmed-up worker gets an order of ``groups_per_order`` groups (task
+  chosen by a seeded RNG, every episode id unique) when the buffer has room for them
+  (back-pressure), or, in lock-step mode, while the round's budget lasts;
+* **collect**: each trajectory goes to the buffer as it arrives (a duplicate is counted, never
+  filed twice);
+* **recover**: when a worker dies (SIGKILL, crash, broken pipe), the episodes of its order that
+  had not come back are marked lost in the buffer (their groups complete without them and the
+  group rules decide), and the worker is restarted.
+
+In asynchronous mode a background thread pumps it; in synchronous mode the loop pumps it
+until the round's groups are all back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from glm5_jax.rl.buffer import AssembledGroup, TrajectoryBuffer
+from glm5_jax.rl.rollout import GroupOrder
+
+
+class WorkerFailure(RuntimeError):
+    """Workers keep dying: restarting them again would hide a bug."""
+
+
+class RolloutCoordinator:
+    def __init__(self, pool, buffer: TrajectoryBuffer, num_tasks: int, groups_per_order: int,
+                 seed: int, max_restarts: int = 20, log: Callable[[str], None] = print,
+                 order_prefix: str = "", lock_step: bool = False) -> None:
+        self.pool = pool
+        self.buffer = buffer
+        self.num_tasks = num_tasks
+        self.groups_per_order = groups_per_order
+        self.max_restarts = max_restarts
+        self.log = log
+        self.order_prefix = order_prefix  # keeps episode ids unique across restarts of the run
+        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._orders_sent = 0
+        self._ready: set[int] = set()
+        self._assigned: dict[int, tuple[str, list[GroupOrder]]] = {}
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        # Groups left to dispatch this round in lock-step mode; None: as many as the buffer allows.
+        self.round_budget: int | None = 0 if lock_step else None
+        self.dispatch_enabled = False  # the loop opens the gate when its clock starts
+        self.restarts = 0
+        self.worker_busy_s = 0.0
+        self.worker_generate_s = 0.0
+        self.worker_environment_s = 0.0
+        self.generated_tokens = 0
+        self.policy_load_s = 0.0
+        self.errors: list[str] = []
+        self.failure: Exception | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # One step of work -----------------------------------------------------------------------
+    def pump(self, timeout: float = 0.05) -> None:
+        messages, dead = self.pool.poll(timeout)
+        with self.lock:
+            for worker_id, message in messages:
+                self._handle(worker_id, message)
+            for worker_id in dead:
+                self._recover(worker_id)
+            self._dispatch()
+            if messages or dead:
+                self.arrived.notify_all()
+
+    def _handle(self, worker_id: int, message: tuple) -> None:
+        kind = message[0]
+        if kind == "ready":
+            self._ready.add(worker_id)
+        elif kind == "trajectory":
+            self.buffer.add(message[1])
+        elif kind == "order_done":
+            _, order_key, stats = message
+            if self._assigned.get(worker_id, (None,))[0] == order_key:
+                del self._assigned[worker_id]
+            self.worker_busy_s += stats["generate_s"] + stats["environment_s"]
+            self.worker_generate_s += stats["generate_s"]
+            self.worker_environment_s += stats["environment_s"]
+            self.generated_tokens += stats["generated_tokens"]
+            self.policy_load_s = max(self.policy_load_s, stats.get("policy_load_s", 0.0))
+        elif kind == "error":
+            self.errors.append(message[1])
+            self.log(f"rollout worker {worker_id} failed:\n{message[1]}")
+
+    def _recover(self, worker_id: int) -> None:
+        _, orders = self._assigned.pop(worker_id, (None, []))
+        lost = 0
+        for order in orders:
+            for episode_id in order.episode_ids:
+                before = self.buffer.accounting.lost
+                self.buffer.mark_lost(order.group_id, episode_id)
+                lost += self.buffer.accounting.lost - before
+        self._ready.discard(worker_id)
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise WorkerFailure(f"{self.restarts} worker restarts (limit {self.max_restarts}); "
+                                f"last errors: {self.errors[-3:]}")
+        self.log(f"rollout worker {worker_id} died; {lost} running episodes counted as lost; "
+                 "restarting it")
+        self.pool.restart(worker_id)
+
+    def _dispatch(self) -> None:
+        if not self.dispatch_enabled:
+            return
+        for worker_id in sorted(self._ready - set(self._assigned)):
+            groups = self.groups_per_order
+            if self.round_budget is not None:
+                groups = min(groups, self.round_budget)
+            if groups <= 0 or self.buffer.room() < groups:
+                return
+            order_key = f"{self.order_prefix}o{self._orders_sent}"
+            orders = []
+            for g in range(groups):
+                group_id = f"{order_key}g{g}"
+                episode_ids = tuple(f"{group_id}e{i}" for i in range(self.buffer.group_size))
+                task_index = int(self._rng.integers(self.num_tasks))
+                orders.append(GroupOrder(group_id, task_index, episode_ids,
+                                         seed=self._seed * 1_000_003 + self._orders_sent * 101 + g))
+                self.buffer.expect(group_id, list(episode_ids))
+            self.pool.send(worker_id, order_key, orders)
+            self._assigned[worker_id] = (order_key, orders)
+            self._orders_sent += 1
+            if self.round_budget is not None:
+                self.round_budget -= groups
+
+    def outstanding_by_worker(self) -> dict[int, list[str]]:
+        """Episode ids each busy worker still owes (call with ``lock`` held)."""
+        return {worker_id: [e for order in orders for e in order.episode_ids
+                            if (order.group_id, e) in self._outstanding()]
+                for worker_id, (_, orders) in self._assigned.items()}
+
+    def _outstanding(self) -> set[tuple[str, str]]:
+        return set(self.buffer.outstanding_episodes())
+
+    # Waiting for workers and batches ----------------------------------------------------------
+    def wait_until_ready(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self._ready) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self._ready)} of {count} rollout workers ready after "
+                                   f"{timeout_s}s; errors: {self.errors[-3:]}")
+            self.pump(0.2)
+
+    def take(self, num_groups: int, version: int, timeout_s: float) -> list[AssembledGroup]:
+        """Block until the buffer yields ``num_groups`` groups (async mode: thread pumps)."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while True:
+                groups = self.buffer.take(num_groups, version)
+                if groups is not None:
+                    return groups
+                if self.failure is not None:
+                    raise WorkerFailure(f"the coordinator thread failed: {self.failure!r}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no batch of {num_groups} groups after {timeout_s}s; "
+                                       f"buffer: {self.buffer.metrics()}")
+                if self._thread is None:
+                    self.lock.release()
+                    try:
+                        self.pump(0.05)
+                    finally:
+                        self.lock.acquire()
+                else:
+                    self.arrived.wait(0.1)
+
+    def lock_step_round(self, num_groups: int, version: int, timeout_s: float) -> list[AssembledGroup]:
+        """Synchronous mode: dispatch exactly one batch with the current weights, wait for all."""
+        with self.lock:
+            self.round_budget = num_groups
+        try:
+            return self.take(num_groups, version, timeout_s)
+        finally:
+            with self.lock:
+                self.round_budget = 0
+
+    # Background pumping (async mode) ----------------------------------------------------------
+    def start_background(self) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.pump(0.05)
+                except Exception as error:  # noqa: BLE001 - surface it to the learner thread
+                    self.errors.append(repr(error))
+                    self.failure = error
+                    with self.lock:
+                        self.arrived.notify_all()
+                    return
+
+        self._thread = threading.Thread(target=loop, name="rollout-coordinator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def metrics(self) -> dict[str, Any]:
+        with self.lock:
+            self.buffer.check_invariants()
+            return {**self.buffer.metrics(), "workers/restarts": self.restarts,
+                    "workers/ready": len(self._ready), "workers/busy_s": self.worker_busy_s,
+                    "workers/generate_s": self.worker_generate_s,
+                    "workers/environment_s": self.worker_environment_s,
+                    "workers/generated_tokens": self.generated_tokens,
+                    "push/worker_load_s": self.policy_load_s}
