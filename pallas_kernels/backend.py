@@ -33,13 +33,15 @@ def resolve_backend(backend: str | None) -> str:
     return name
 
 
-def resolve_interpret(interpret: bool | None, backend: str) -> bool:
+def resolve_interpret(interpret: bool | pltpu.InterpretParams | None, backend: str) -> Any:
     """None means: interpret exactly when this process runs on cpu (so backend="gpu" on
     a cpu host interprets the Triton formulation); compiling for "cpu" is impossible."""
     if interpret is None:
         return backend == "cpu" or jax.default_backend() == "cpu"
     if backend == "cpu" and not interpret:
         raise ValueError("Pallas kernels have no compiled cpu backend; use interpret=True")
+    if isinstance(interpret, pltpu.InterpretParams):
+        return interpret  # TPU interpret mode: simulated DMAs, semaphores, race detection
     return bool(interpret)
 
 

@@ -108,7 +108,7 @@ def test_reference_matches_numpy_loop(case):
     assert scaled_error(actual, expected) <= tolerance(jnp.float32), case
 
 
-@slow(6)
+@slow(5)
 @given(case=cases(), block_m=st.sampled_from([8, 16, 32]), block_k=st.sampled_from([8, 16, 128]),
        block_n=st.sampled_from([8, 16, 128]))
 def test_tpu_formulation_matches_reference(case, block_m, block_k, block_n):
