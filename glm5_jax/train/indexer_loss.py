@@ -1,0 +1,144 @@
+"""The DSA lightning indexer's training loss, and its recall against dense attention.
+
+The indexer's top-k selection is not differentiable, so the language-model loss never
+reaches it; it learns by distillation from the main attention (DeepSeek-V3.2, GLM-5):
+
+* target p_t: the main attention distribution of query t, summed over heads and
+  L1-normalised (here: the mean over heads of each head's softmax);
+* stage 1, dense warm-up: attention is dense, every other parameter is frozen, and the loss
+  is KL(p_t || softmax(I_t)) over all keys t may attend to;
+* stage 2, sparse adaptation: attention is restricted to the indexer's top-k set S_t, and
+  the loss is KL(p_t,S || softmax(I_t,S)) over S_t only, with the indexer's inputs detached
+  so this loss trains the indexer and nothing else.
+
+The model does not return its attention distributions or index scores, so this module
+recomputes them from the parameters: the training forward pass captures each layer's
+attention input (the output of ``input_layernorm``), and the layer's ``MLAttention``
+sub-modules are re-applied to it with ``nn.apply`` on that layer's parameter sub-tree. The
+target is always detached (the attention is not trained to please the indexer).
+
+Recall: the fraction of the dense attention's top-k keys (by p_t) that the indexer's top-k
+contains, per query, averaged like the loss. 1.0 whenever a query has at most k keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import traverse_util
+
+from glm5_jax.config import ModelConfig
+from glm5_jax.model.attention import MLAttention
+from glm5_jax.model.indexer import index_scores, select_topk
+from glm5_jax.model.rope import apply_interleaved_rope
+from glm5_jax.model.sparse_attention import selection_mask
+from glm5_jax.train.experiment import DENSE_WARMUP
+
+ATTENTION_INPUT = ("input_layernorm", "__call__")  # what the train step's capture filter keeps
+
+
+def _attention_logits_and_index_scores(attn: MLAttention, x: jax.Array, cos: jax.Array,
+                                       sin: jax.Array, mask: jax.Array):
+    """Main attention logits [b, h, s, t] (float32, scaled) and index scores [b, s, t].
+
+    Mirrors MLAttention's masked-dense path; the indexer sees its inputs detached.
+    """
+    c = attn.config
+    nope, rope = c.qk_nope_head_dim, c.qk_rope_head_dim
+    q_resid = attn.q_a_layernorm(attn.q_a_proj(x))
+    q = attn.q_b_proj(q_resid)  # [b, s, h, nope + rope]
+    q = jnp.concatenate([q[..., :nope], apply_interleaved_rope(q[..., nope:], cos, sin)], axis=-1)
+    compressed = attn.kv_a_proj_with_mqa(x)
+    latent = attn.kv_a_layernorm(compressed[..., : c.kv_lora_rank])
+    k_rope = apply_interleaved_rope(compressed[..., None, c.kv_lora_rank:], cos, sin)  # [b, t, 1, r]
+    kv = attn.kv_b_proj(latent)  # [b, t, h, nope + v]
+    k = jnp.concatenate([kv[..., :nope], jnp.broadcast_to(k_rope, kv.shape[:3] + (rope,))], axis=-1)
+    logits = jnp.einsum("bshd,bthd->bhst", q, k).astype(jnp.float32) * c.attention_scale
+
+    index_q, index_k, weights = attn.indexer.queries_keys_weights(
+        jax.lax.stop_gradient(x), jax.lax.stop_gradient(q_resid), cos, sin)
+    scores = index_scores(index_q, index_k, weights, mask, c.index_head_dim**-0.5)
+    return logits, scores
+
+
+def head_mean_attention(logits: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Mean over heads of softmax over the allowed keys. logits [b, h, s, t] -> [b, s, t]."""
+    masked = jnp.where(allowed[:, None], logits, jnp.finfo(jnp.float32).min)
+    return jnp.mean(jax.nn.softmax(masked, axis=-1), axis=1)
+
+
+def kl_to_indexer(target: jax.Array, scores: jax.Array, allowed: jax.Array) -> jax.Array:
+    """KL(target || softmax(scores over allowed keys)) per query [b, s]; 0 log 0 = 0."""
+    log_q = jax.nn.log_softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+    log_q = jnp.where(allowed, log_q, 0.0)
+    positive = allowed & (target > 0)
+    log_p = jnp.log(jnp.where(positive, target, 1.0))
+    return jnp.sum(jnp.where(positive, target * (log_p - log_q), 0.0), axis=-1)
+
+
+def layer_indexer_terms(config: ModelConfig, stage: str, attn_params: Any, x: jax.Array,
+                        cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                        query_weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of weighted per-query KL, sum of weighted per-query recall) for one layer."""
+    logits, scores = nn.apply(_attention_logits_and_index_scores, MLAttention(config, runs_indexer=True))(
+        {"params": attn_params}, jax.lax.stop_gradient(x), cos, sin, mask)
+    logits = jax.lax.stop_gradient(logits)
+    kv_len = x.shape[1]
+    dense_target = head_mean_attention(logits, mask)
+    indexer_selected = selection_mask(select_topk(scores, config.index_topk), kv_len) & mask
+    if stage == DENSE_WARMUP:
+        kl = kl_to_indexer(dense_target, scores, mask)
+    else:
+        kl = kl_to_indexer(head_mean_attention(logits, indexer_selected), scores, indexer_selected)
+    dense_top = select_topk(jnp.where(mask, dense_target, -jnp.inf), config.index_topk)
+    dense_selected = selection_mask(dense_top, kv_len)
+    hits = jnp.sum(dense_selected & indexer_selected, axis=-1)
+    recall = hits / jnp.maximum(jnp.sum(dense_selected, axis=-1), 1)
+    return jnp.sum(kl * query_weight), jnp.sum(recall * query_weight)
+
+
+def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def indexer_loss_and_recall(config: ModelConfig, stage: str, params: Any, intermediates: Any,
+                            cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                            loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean indexer KL and recall over every layer that runs an indexer (MTP layers included)
+    and every real query token. ``intermediates`` is the train forward's captured collection."""
+    weight = loss_mask.astype(jnp.float32)
+    tokens = jnp.maximum(jnp.sum(weight), 1.0)
+    layer_params, layer_inputs = [], []
+    for path, calls in traverse_util.flatten_dict(intermediates).items():
+        if path[-2:] != ATTENTION_INPUT:
+            continue
+        attn_params = _subtree(params, path[:-2] + ("self_attn",))
+        if "indexer" not in attn_params:
+            continue  # a "shared" layer reuses the previous full layer's selection
+        for x in calls:  # several calls: an MTP module shared over its steps
+            if x.ndim == 3:  # an unscanned layer: give it the scanned stacks' leading axis
+                layer_params.append(jax.tree.map(lambda p: p[None], attn_params))
+                layer_inputs.append(x[None])
+            else:  # a scanned stack: [layers, b, s, d] beside stacked params
+                layer_params.append(attn_params)
+                layer_inputs.append(x)
+    if not layer_inputs:
+        return jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+
+    # Every indexer layer has the same parameter shapes, so all of them run as one loop
+    # (one copy of the recomputation in the compiled program, whatever the depth).
+    stacked_params = jax.tree.map(lambda *p: jnp.concatenate(p), *layer_params)
+    stacked_inputs = jnp.concatenate([x.astype(layer_inputs[0].dtype) for x in layer_inputs])
+
+    def one_layer(args):
+        attn_params, x = args
+        return layer_indexer_terms(config, stage, attn_params, x, cos, sin, mask, weight)
+
+    kls, recalls = jax.lax.map(one_layer, (stacked_params, stacked_inputs))
+    layers = stacked_inputs.shape[0]
+    return jnp.sum(kls) / (layers * tokens), jnp.sum(recalls) / (layers * tokens)

@@ -1,0 +1,111 @@
+"""The pretraining loop: config and workdir in; metrics and checkpoints out.
+
+``train`` reads top to bottom: build the mesh, the data and the model; restore the latest
+good checkpoint or initialise; then step, log every ``log_every`` steps and checkpoint every
+``checkpoint_every``. Running it again with the same workdir resumes where the last
+checkpoint left off and reproduces the same losses bit for bit (the state, the RNG and the
+data iterator's position are all in the checkpoint, and the step is deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from glm5_jax.data.pipeline import make_train_iterator
+from glm5_jax.sharding import activate
+from glm5_jax.train.checkpointing import Checkpointer
+from glm5_jax.train.experiment import stage_at
+from glm5_jax.train.flops import peak_flops_per_device, training_flops_per_token
+from glm5_jax.train.metrics_writer import MetricsWriter
+from glm5_jax.train.run_setup import build_run
+from glm5_jax.train.train_state import TrainState
+
+_LOG = logging.getLogger("glm5_jax.train")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    start_step: int  # the step this call resumed from (0: fresh)
+    end_step: int
+    metrics: list[dict[str, Any]]  # the records this call logged
+
+
+class Throughput:
+    """Tokens/s and MFU over the window since the previous log (the first window of a run
+    includes compilation)."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self._start, self._steps = time.perf_counter(), 0
+
+    def step(self) -> None:
+        self._steps += 1
+
+    def summary(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        tokens_per_second = self._steps * self.tokens_per_step / elapsed
+        summary = {"tokens_per_second": tokens_per_second,
+                   "step_time": elapsed / max(self._steps, 1),
+                   "mfu": tokens_per_second * self.flops_per_token / self.peak_flops}
+        self._start, self._steps = time.perf_counter(), 0
+        return summary
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {key: float(value) for key, value in jax.device_get(metrics).items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+          devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None) -> TrainResult:
+    """Train (or resume) until ``config.total_steps`` (or ``stop_at_step``, a clean early stop
+    that still checkpoints). ``devices`` defaults to all; the mesh must cover exactly them."""
+    run = build_run(config, devices)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    iterator = make_train_iterator(run.data_config, run.prepared)
+    checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
+                               config.async_checkpointing)
+    peak, peak_source = peak_flops_per_device(config.peak_flops_per_device)
+    throughput = Throughput(config.batch_size * config.seq_len,
+                            training_flops_per_token(run.model_config, config.seq_len),
+                            peak * run.mesh.size)
+    _LOG.warning("mesh %s; %d parameters; vocab %d from %s; peak %.3g FLOP/s per device (%s)",
+                 dict(run.mesh.shape), sum(x.size for x in jax.tree.leaves(run.abstract_state.params)),
+                 run.model_config.vocab_size, run.prepared.tokenizer_path, peak, peak_source)
+
+    with activate(run.mesh):
+        restored = checkpoints.restore_latest(run.abstract_state, iterator)
+        if restored is None:  # a fresh start (failed restores may have moved the iterator)
+            state, start = run.init_state(), 0
+            iterator = make_train_iterator(run.data_config, run.prepared)
+        else:
+            state, start = restored
+            _LOG.warning("resumed from step %d of %s", start, checkpoints.directory)
+        end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
+        writer = MetricsWriter(workdir, start, config.total_steps, config.progress_bar)
+        records = []
+        for step in range(start + 1, end + 1):
+            stage = stage_at(config, step)
+            state, metrics = run.step_fn(stage)(state, run.to_device(next(iterator)))
+            throughput.step()
+            writer.advance()
+            if step % config.log_every == 0 or step == end:
+                record = {**_scalars(metrics), **throughput.summary(), "stage": stage}
+                writer.write(step, record)
+                records.append({"step": step, **record})
+            if step % config.checkpoint_every == 0 or step == end:
+                checkpoints.save(step, state, iterator)
+        checkpoints.close()
+        writer.close()
+    return TrainResult(state=state, start_step=start, end_step=max(end, start), metrics=records)

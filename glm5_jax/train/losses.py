@@ -1,0 +1,76 @@
+"""Language-model losses over packed rows: next-token cross entropy, MTP, sequence balance.
+
+Packed rows hold several documents (``segment_ids`` > 0) and padding (0); ``loss_mask`` is 1
+exactly on real tokens. Every loss here is a mean over the positions it is defined on, so a
+row of padding contributes nothing and losses compare across batch shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from glm5_jax.model.mtp import shift_left
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean next-token cross entropy; logits [b, s, V] (any float dtype), targets [b, s]."""
+    per_token = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return masked_mean(per_token, mask)
+
+
+def mtp_cross_entropy(mtp_logits: jax.Array, targets: jax.Array, loss_mask: jax.Array,
+                      segment_ids: jax.Array) -> jax.Array:
+    """Mean over MTP steps of each step's cross entropy.
+
+    mtp_logits [steps, b, s, V]: step j (0-based) at position t reads token t + j + 1 and
+    predicts token t + j + 2, i.e. ``targets[t + j + 1]``. That target counts only if it is a
+    real token of the same document as position t (packing puts other documents next door).
+    """
+    losses = []
+    for j in range(mtp_logits.shape[0]):
+        shift = j + 1
+        step_targets = shift_left(targets, shift)
+        same_document = shift_left(segment_ids, shift) == segment_ids
+        valid = loss_mask * shift_left(loss_mask, shift, fill=0) * same_document
+        losses.append(cross_entropy(mtp_logits[j], step_targets, valid))
+    return jnp.mean(jnp.stack(losses))
+
+
+def sequence_balance_loss(router_outputs: Iterable[tuple[jax.Array, jax.Array]], batch: int,
+                          seq: int, loss_mask: jax.Array, num_experts: int,
+                          experts_per_token: int) -> jax.Array:
+    """DeepSeek-V3's complementary sequence-wise balance loss, averaged over MoE layers.
+
+    For each sequence and layer: sum_i f_i * P_i with f_i = E / (K * T) * (tokens routed to
+    expert i) and P_i = mean over tokens of the normalised affinity s_i / sum_j s_j. Small by
+    design (the bias rule does the balancing); it only stops one sequence collapsing.
+
+    router_outputs: (expert_ids [..., b * s, k], scores [..., b * s, E]) per router call;
+    leading axes (scanned layers) are averaged over.
+    """
+    mask = loss_mask.astype(jnp.float32)  # [b, s]
+    tokens = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [b]
+    per_layer = []
+    for expert_ids, scores in router_outputs:
+        lead = scores.shape[:-2]
+        scores = scores.reshape(lead + (batch, seq, num_experts)).astype(jnp.float32)
+        expert_ids = expert_ids.reshape(lead + (batch, seq, expert_ids.shape[-1]))
+        affinity = scores / jnp.maximum(jnp.sum(scores, axis=-1, keepdims=True), 1e-20)
+        p = jnp.sum(affinity * mask[..., None], axis=-2) / tokens[:, None]  # [..., b, E]
+        # Dropped slots (dynamic routing) carry id == E and one-hot to nothing.
+        routed = jnp.sum(jax.nn.one_hot(expert_ids, num_experts, dtype=jnp.float32), axis=-2)
+        counts = jnp.sum(routed * mask[..., None], axis=-2)  # [..., b, E]
+        f = counts * (num_experts / experts_per_token) / tokens[:, None]
+        per_layer.append(jnp.mean(jnp.sum(f * p, axis=-1)))  # mean over layers, sequences
+    if not per_layer:
+        return jnp.zeros((), jnp.float32)
+    return jnp.mean(jnp.stack(per_layer))

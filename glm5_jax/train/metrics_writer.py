@@ -1,0 +1,102 @@
+"""Where metrics go: ``<workdir>/metrics.jsonl``, TensorBoard, and a terminal progress bar.
+
+On resume from step N, lines with step > N (written by a run that died after its last
+checkpoint) are dropped from metrics.jsonl and TensorBoard events after N are purged, so the
+files read as one uninterrupted run. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+PROGRESS_FIELDS = (
+    ("loss", "loss", "{:.3f}"),
+    ("learning_rate", "lr", "{:.1e}"),
+    ("tokens_per_second", "tok/s", "{:.0f}"),
+    ("mfu", "mfu", "{:.2%}"),
+    ("expert_load_max_over_mean", "load max/mean", "{:.2f}"),
+    ("indexer_recall", "idx recall", "{:.2f}"),
+)
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only the lines of steps <= last_step (a torn last line is dropped too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", math.inf) <= last_step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path, start_step: int, total_steps: int,
+                 progress_bar: bool = True):
+        self.enabled = jax.process_index() == 0
+        self._progress = None
+        self._tensorboard = None
+        if not self.enabled:
+            return
+        workdir = Path(workdir)
+        self.path = workdir / METRICS_FILE
+        truncate_metrics(self.path, start_step)
+        from tensorboardX import SummaryWriter
+
+        self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
+        if progress_bar:
+            from tqdm import tqdm
+
+            self._progress = tqdm(total=total_steps, initial=start_step, unit="step",
+                                  dynamic_ncols=True)
+
+    def write(self, step: int, metrics: dict[str, float | str]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(name, value, step)
+        self._tensorboard.flush()
+        if self._progress is not None:
+            self._progress.set_postfix_str("  ".join(
+                f"{label} {fmt.format(metrics[key])}" for key, label, fmt in PROGRESS_FIELDS
+                if key in metrics and math.isfinite(metrics[key])), refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.update(steps)
+
+    def log(self, message: str) -> None:
+        """A line that does not break the progress bar."""
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()

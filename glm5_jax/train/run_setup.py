@@ -1,0 +1,86 @@
+"""The static pieces of a run, built once from its config: mesh, data, model, optimizer,
+state shardings, and the compiled step per DSA stage.
+
+The loop, the benchmark and tests all start from ``build_run`` so they train exactly the
+same program the main job does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from glm5_jax.config import ModelConfig
+from glm5_jax.data.config import DataConfig
+from glm5_jax.data.pipeline import PreparedCorpus, prepare_corpus, vocab_size_of
+from glm5_jax.model import GLM5Model, logical_partition_specs
+from glm5_jax.sharding import batch_sharding, make_mesh
+from glm5_jax.train.experiment import data_config_from, model_config_from, validate
+from glm5_jax.train.optimizer import make_optimizer
+from glm5_jax.train.train_state import TrainState, init_train_state, state_shardings
+from glm5_jax.train.train_step import make_train_step
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+
+
+@dataclasses.dataclass
+class Run:
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    data_config: DataConfig
+    prepared: PreparedCorpus
+    model_config: ModelConfig
+    param_specs: Any  # logical PartitionSpecs of the params
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    init: Callable[[], TrainState]
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
+    shardings: TrainState
+    data_sharding: NamedSharding
+    _compiled: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+    def init_state(self) -> TrainState:
+        return jax.jit(self.init, out_shardings=self.shardings)()
+
+    def step_fn(self, stage: str) -> Callable:
+        """The jitted train step of a stage (compiled on first call; call inside the mesh)."""
+        if stage not in self._compiled:
+            self._compiled[stage] = jax.jit(
+                make_train_step(self.model_config, self.config, self.optimizer, self.schedule, stage),
+                in_shardings=(self.shardings, {key: self.data_sharding for key in BATCH_KEYS}),
+                out_shardings=(self.shardings, None), donate_argnums=0)
+        return self._compiled[stage]
+
+    def to_device(self, batch: dict) -> dict:
+        """This process's rows of the global batch, as arrays sharded over the batch axes."""
+        return {key: jax.make_array_from_process_local_data(self.data_sharding, batch[key])
+                for key in BATCH_KEYS}
+
+
+def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Run:
+    """Check the config, build the corpus and tokenizer (the vocabulary sizes the model), and
+    lay the state out on the mesh. ``devices`` defaults to all; the mesh must cover them."""
+    validate(config)
+    mesh = make_mesh(config.mesh, devices)
+    data_config = data_config_from(config)
+    prepared = prepare_corpus(data_config)
+    model_config = model_config_from(config, vocab_size_of(prepared))
+    model = GLM5Model(model_config)
+    param_specs = logical_partition_specs(model)["params"]
+    optimizer, schedule = make_optimizer(config, param_specs)
+    init = functools.partial(init_train_state, model, optimizer, config.seed)
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(mesh, abstract, param_specs)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings)
+    return Run(config=config, mesh=mesh, data_config=data_config, prepared=prepared,
+               model_config=model_config, param_specs=param_specs, optimizer=optimizer,
+               schedule=schedule, init=init, abstract_state=abstract, shardings=shardings,
+               data_sharding=batch_sharding(mesh))

@@ -1,0 +1,155 @@
+"""The DSA indexer loss: KL arithmetic, stage 1 (only the indexer learns, its KL falls, every
+other parameter stays bit-identical) and stage 2 (the KL's gradient reaches nothing but
+the indexer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from glm5_jax.model.rope import rope_angles
+from glm5_jax.model.transformer import attention_mask
+from glm5_jax.sharding import activate
+from glm5_jax.train.experiment import DENSE_WARMUP, SPARSE
+from glm5_jax.train.indexer_loss import kl_to_indexer, layer_indexer_terms
+from glm5_jax.train.run_setup import build_run
+from glm5_jax.train.testing import TEST_TOTAL_STEPS, cpu_test_config, write_test_corpus
+from glm5_jax.train.train_state import TrainState
+
+ATTENTION_SCALE_UP = 4.0  # sharpens the initial attention so the indexer has a gap to close
+STEPS = 8
+
+
+def _two_document_batch(batch: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
+    """Two documents per row, so the same-document mask matters."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, vocab, (batch, seq + 1))
+    first = seq * 5 // 8
+    index = np.arange(seq)
+    return {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
+            "segment_ids": np.repeat(np.where(index < first, 1, 2)[None], batch, 0).astype(np.int32),
+            "positions": np.repeat(np.where(index < first, index, index - first)[None], batch, 0).astype(np.int32),
+            "loss_mask": np.ones((batch, seq), np.float32)}
+
+
+def _sharpen_attention(params):
+    """Scale the query/key projections (not the indexer): attention logits grow ~16x."""
+    flat = traverse_util.flatten_dict(params)
+    for path in flat:
+        module = path[-2] if len(path) > 1 else None
+        if "indexer" not in path and module in ("q_b_proj", "kv_b_proj", "kv_a_proj_with_mqa"):
+            flat[path] = flat[path] * ATTENTION_SCALE_UP
+    return traverse_util.unflatten_dict(flat)
+
+
+@dataclasses.dataclass
+class Stage1Run:
+    run: Any
+    initial: TrainState  # on the host
+    final: TrainState
+    history: list[dict]
+    batch: dict
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> Stage1Run:
+    """STEPS stage-1 updates of the CPU-test model on one batch, on one device."""
+    root = tmp_path_factory.mktemp("indexer")
+    config = cpu_test_config(write_test_corpus(root / "corpus"), root / "data",
+                             dense_warmup_steps=TEST_TOTAL_STEPS, warmup_steps=0, learning_rate=1e-2)
+    run = build_run(config, jax.devices()[:1])
+    with activate(run.mesh):
+        state = run.init_state()  # the loop tests' init program
+        state = state.replace(params=_sharpen_attention(state.params))
+        initial = jax.device_get(state)
+        batch = run.to_device(_two_document_batch(config.batch_size, config.seq_len,
+                                                  run.model_config.vocab_size))
+        history = []
+        for _ in range(STEPS):  # the step donates its input state
+            state, metrics = run.step_fn(DENSE_WARMUP)(state, batch)
+            history.append(jax.device_get(metrics))
+    return Stage1Run(run, initial, state, history, batch)
+
+
+def test_kl_is_zero_at_the_target_and_positive_elsewhere():
+    allowed = jnp.asarray([[[True, True, True, False]]])
+    target = jnp.asarray([[[0.5, 0.25, 0.25, 0.0]]])
+    matching = jnp.log(target[..., :3])
+    scores = jnp.concatenate([matching + 3.0, jnp.full((1, 1, 1), -jnp.inf)], -1)  # shift-invariant
+    np.testing.assert_allclose(kl_to_indexer(target, scores, allowed), 0.0, atol=1e-6)
+    other = jnp.asarray([[[0.0, 0.0, 0.0, -jnp.inf]]])
+    expected = float(jnp.sum(target[..., :3] * jnp.log(target[..., :3] * 3)))
+    np.testing.assert_allclose(kl_to_indexer(target, other, allowed), expected, rtol=1e-6)
+    grad = jax.grad(lambda s: kl_to_indexer(target, s, allowed).sum())(other)
+    assert np.all(np.isfinite(grad[..., :3])) and grad[..., 3] == 0
+
+
+def test_stage1_indexer_kl_decreases(stage1):
+    history = stage1.history
+    kl = [float(m["indexer_kl"]) for m in history]
+    assert kl[0] > 1e-3, kl  # a real gap to close
+    assert kl[-1] < 0.7 * kl[0], kl
+    assert all(b < a for a, b in itertools.pairwise(kl)), kl
+    assert all(float(m["step_applied"]) for m in history)
+
+
+def test_stage1_leaves_everything_but_the_indexer_unchanged(stage1):
+    initial, final, history = stage1.initial, stage1.final, stage1.history
+    before = traverse_util.flatten_dict(initial.params)
+    after = traverse_util.flatten_dict(jax.device_get(final.params))
+    changed_indexer = 0
+    for path, value in before.items():
+        if "indexer" in path:
+            changed_indexer += int(not np.array_equal(value, after[path]))
+        else:
+            np.testing.assert_array_equal(after[path], value, err_msg="/".join(path))
+    assert changed_indexer > 0
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(final.routing), initial.routing)
+    # The frozen model sees the same batch every step, so its LM loss cannot move.
+    ce = {float(m["ce_loss"]) for m in history}
+    assert len(ce) == 1, ce
+
+
+def test_stage2_kl_trains_only_the_indexer(stage1):
+    """Gradient of the sparse-stage KL w.r.t. one layer's attention parameters: non-zero on
+    the indexer, exactly zero on everything else (its inputs and target are detached)."""
+    model_config, initial, batch = stage1.run.model_config, stage1.initial, jax.device_get(stage1.batch)
+    batch_size, seq = batch["inputs"].shape
+    attn_params = jax.tree.map(lambda p: p[0], initial.params["dense_layers"]["block"]["layer_0"]["self_attn"])
+    x = jax.random.normal(jax.random.PRNGKey(3), (batch_size, seq, model_config.hidden_size))
+    cos, sin = rope_angles(model_config, jnp.asarray(batch["positions"]))
+    mask = attention_mask(seq, jnp.asarray(batch["segment_ids"]), batch_size)
+
+    def kl(params):
+        total, _ = layer_indexer_terms(model_config, SPARSE, params, x, cos, sin, mask, batch["loss_mask"])
+        return total
+
+    grads = traverse_util.flatten_dict(jax.device_get(jax.jit(jax.grad(kl))(attn_params)))
+    for path, grad in grads.items():
+        if path[0] == "indexer":
+            continue
+        assert not np.any(grad), "/".join(path)
+    assert np.any(grads[("indexer", "wq_b", "kernel")])
+
+
+def test_non_finite_step_is_skipped_and_counted(stage1):
+    """A NaN in a trained parameter makes the loss NaN: nothing may change but the counters."""
+    run = stage1.run
+    params = jax.tree.map(np.array, stage1.initial.params)
+    params["dense_layers"]["block"]["layer_0"]["self_attn"]["indexer"]["wq_b"]["kernel"][0, 0, 0, 0] = np.nan
+    poisoned = jax.device_get(stage1.initial.replace(params=params))
+    with activate(run.mesh):
+        after, metrics = run.step_fn(DENSE_WARMUP)(jax.device_put(poisoned, run.shardings), stage1.batch)
+    assert not bool(metrics["step_applied"])
+    assert int(after.skipped_steps) == int(poisoned.skipped_steps) + 1
+    assert int(after.step) == int(poisoned.step) + 1
+    for new, old in ((after.params, poisoned.params), (after.opt_state, poisoned.opt_state),
+                     (after.routing, poisoned.routing)):
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(new), old)
