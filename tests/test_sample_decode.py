@@ -5,17 +5,16 @@ a 5-token and a 20-token prompt: the short row starts below index_topk and cross
 decoding, the long one is sparse from the start. Compiled programs are shared by every test.
 """
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from drafter_weights import drafter_friendly
+from hf_reference import relative_error
 
 import glm5_jax
 from glm5_jax.config import tiny
 from glm5_jax.sample.engine import run_batch
-from drafter_weights import drafter_friendly
-from hf_reference import relative_error
 
 CONFIG = tiny().replace(index_topk=8, initializer_range=0.1, eos_token_id=None)
 PROMPT_LENGTHS = (5, 20)
@@ -69,7 +68,7 @@ def test_greedy_decode_equals_full_forward(setup, greedy):
 
 def test_sparsity_matters_for_these_prompts(setup, greedy):
     """Dense attention (DSA off) changes the long row's logits: the selection really is exercised."""
-    model, variables, prompts, _ = setup
+    _, variables, prompts, _ = setup
     dense = glm5_jax.GLM5Model(CONFIG.replace(index_topk=64))
     seq = jnp.asarray([prompts[1] + greedy.generations[1].token_ids], jnp.int32)
     sparse_logits = np.asarray(setup[3](variables, seq))

@@ -6,11 +6,11 @@ import pytest
 
 pytest.importorskip("transformers", reason="needs the [hf] extra (installed by the test command)")
 
-import jax  # noqa: E402
+import jax
+from hf_reference import make_hf_checkpoint
 
-import glm5_jax  # noqa: E402
-from glm5_jax.generate import generate  # noqa: E402
-from hf_reference import make_hf_checkpoint  # noqa: E402
+import glm5_jax
+from glm5_jax.generate import generate
 
 MAX_NEW = 10
 # index_topk=8 (the helper's default): the 5-token prompt decodes across the sparse threshold,

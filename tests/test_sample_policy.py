@@ -1,9 +1,8 @@
 """Sampling policy, speculative acceptance and stop criteria on small hand-made inputs (no model)."""
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from glm5_jax.sample.acceptance import verify_drafts
 from glm5_jax.sample.sampling import PolicyKind, choose, make_policy, policy_logits

@@ -5,7 +5,7 @@ Also runnable: ``python -m glm5_jax.generate --checkpoint DIR --prompt "..."`` (
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.sample.engine import Generation, run_batch

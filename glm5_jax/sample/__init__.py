@@ -5,7 +5,11 @@ plus decode statistics). The compiled pieces (``prefill``, ``decode_loop``) and 
 model (``CachedGLM5``) are importable for custom loops such as RL rollout workers.
 """
 
-from glm5_jax.sample.cache import cache_bytes_per_token, full_kv_bytes_per_token, init_cache
+from glm5_jax.sample.cache import (
+    cache_bytes_per_token,
+    full_kv_bytes_per_token,
+    init_cache,
+)
 from glm5_jax.sample.cached_model import CachedGLM5
 from glm5_jax.sample.decode import DecodeState, decode_loop, prefill
 from glm5_jax.sample.engine import BatchResult, Generation, run_batch

@@ -33,7 +33,7 @@ def verify_drafts(target_logits: jax.Array, draft_logits: jax.Array, drafts: jax
     Row i emits tokens[i, :a_i + 1]: the a_i accepted drafts then one token from the main model;
     entries past a_i are filler.
     """
-    b, d_plus_1, _ = target_logits.shape
+    d_plus_1 = target_logits.shape[1]
     log_p = jax.nn.log_softmax(policy_logits(target_logits, policy, kind), axis=-1)  # [b, D+1, V]
     slot = jnp.arange(d_plus_1)[None, :]
     if kind.greedy:

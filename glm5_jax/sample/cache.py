@@ -21,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.decoder_layer import block_period, stack_layout
@@ -31,6 +32,7 @@ INDEX_KEY = "index_key"
 MTP = "mtp"
 
 Cache = dict  # nested dict of arrays, layout above
+CACHE_AXES = ("activation_batch", "activation_length", "activation_kv")  # per layer: [b, T, w]
 
 
 def layer_widths(config: ModelConfig, runs_indexer: bool) -> dict[str, int]:
@@ -58,6 +60,28 @@ def init_cache(config: ModelConfig, batch: int, capacity: int, with_mtp: bool = 
         cache[MTP] = {key: jnp.zeros((1, batch, capacity, width), dtype)
                       for key, width in layer_widths(config, True).items()}
     return cache
+
+
+def write_layer_rows(cache: jax.Array, rows: jax.Array, layer: jax.Array, start: jax.Array,
+                     fresh: bool) -> jax.Array:
+    """cache [R, b, T, w] with rows [b, s, w] at (layer, i, start_i + j); a scatter the compiler
+    applies in place to the loop-carried buffer. ``fresh``: every row starts at slot 0."""
+    rows = nn.with_logical_constraint(rows.astype(cache.dtype), CACHE_AXES)
+    if fresh:
+        cache = jax.lax.dynamic_update_slice(cache, rows[None], (layer, 0, 0, 0))
+    else:
+        b, s = rows.shape[:2]
+        slots = start[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]  # [b, s]
+        batch = jnp.broadcast_to(jnp.arange(b)[:, None], (b, s))
+        cache = cache.at[layer, batch, slots].set(rows, mode="promise_in_bounds")
+    return nn.with_logical_constraint(cache, (None,) + CACHE_AXES)
+
+
+def gather_layer_rows(cache: jax.Array, layer: jax.Array, topk: jax.Array) -> jax.Array:
+    """cache [R, b, T, w], topk [b, s, k] -> [b, s, k, w] (NO_KEY slots read slot 0)."""
+    b = topk.shape[0]
+    batch = jnp.arange(b)[:, None, None]
+    return cache[layer, batch, jnp.maximum(topk, 0)]
 
 
 def cache_bytes_per_token(config: ModelConfig, bytes_per_value: int | None = None) -> int:

@@ -31,10 +31,16 @@ from glm5_jax.model.indexer import NO_KEY, LightningIndexer, index_scores, selec
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import RMSNorm
 from glm5_jax.model.rope import apply_interleaved_rope
-from glm5_jax.sample.cache import INDEX_KEY, LATENT, ROPE_KEY
+from glm5_jax.sample.cache import (
+    INDEX_KEY,
+    LATENT,
+    ROPE_KEY,
+    gather_layer_rows,
+    write_layer_rows,
+)
+from glm5_jax.sample.latent_attention import latent_attention, selected_latent_attention
 
 INDEXER_MODES = ("auto", "always", "never")
-CACHE_AXES = ("activation_batch", "activation_length", "activation_kv")
 
 
 def all_visible_selection(positions: jax.Array, k: int) -> jax.Array:
@@ -59,49 +65,6 @@ def context_buckets(kv_len: int, index_topk: int) -> list[int]:
         bounds.append(bound)
         bound *= 2
     return bounds + [kv_len]
-
-
-def write_layer_rows(cache: jax.Array, rows: jax.Array, layer: jax.Array, start: jax.Array,
-                     fresh: bool) -> jax.Array:
-    """cache [R, b, T, w] with rows [b, s, w] at (layer, i, start_i + j); a scatter the compiler
-    applies in place to the loop-carried buffer. ``fresh``: every row starts at slot 0."""
-    rows = nn.with_logical_constraint(rows.astype(cache.dtype), CACHE_AXES)
-    if fresh:
-        cache = jax.lax.dynamic_update_slice(cache, rows[None], (layer, 0, 0, 0))
-    else:
-        b, s = rows.shape[:2]
-        slots = start[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]  # [b, s]
-        batch = jnp.broadcast_to(jnp.arange(b)[:, None], (b, s))
-        cache = cache.at[layer, batch, slots].set(rows, mode="promise_in_bounds")
-    return nn.with_logical_constraint(cache, (None,) + CACHE_AXES)
-
-
-def gather_layer_rows(cache: jax.Array, layer: jax.Array, topk: jax.Array) -> jax.Array:
-    """cache [R, b, T, w], topk [b, s, k] -> [b, s, k, w] (NO_KEY slots read slot 0)."""
-    b = topk.shape[0]
-    batch = jnp.arange(b)[:, None, None]
-    return cache[layer, batch, jnp.maximum(topk, 0)]
-
-
-def selected_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent_sel: jax.Array,
-                              rope_sel: jax.Array, valid: jax.Array, scale: float) -> jax.Array:
-    """Absorbed MLA over gathered keys: latent_sel [b, s, k, c], rope_sel [b, s, k, r], valid [b, s, k]."""
-    logits = (jnp.einsum("bshc,bskc->bshk", q_latent, latent_sel)
-              + jnp.einsum("bshr,bskr->bshk", q_rope, rope_sel)).astype(jnp.float32) * scale
-    logits = jnp.where(valid[:, :, None, :], logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).astype(latent_sel.dtype)
-    return jnp.einsum("bshk,bskc->bshc", probs, latent_sel)
-
-
-def latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: jax.Array, k_rope: jax.Array,
-                     visible: jax.Array, scale: float) -> jax.Array:
-    """Absorbed MLA over every key: q_latent [b, s, h, c], q_rope [b, s, h, r], latent [b, t, c],
-    k_rope [b, t, r], visible [b, s, t] -> latent output [b, s, h, c]."""
-    logits = (jnp.einsum("bshc,btc->bsht", q_latent, latent)
-              + jnp.einsum("bshr,btr->bsht", q_rope, k_rope)).astype(jnp.float32) * scale
-    logits = jnp.where(visible[:, :, None, :], logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).astype(latent.dtype)
-    return jnp.einsum("bsht,btc->bshc", probs, latent)
 
 
 class CachedMLAttention(nn.Module):

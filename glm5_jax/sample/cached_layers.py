@@ -10,7 +10,7 @@ and every read a gather of the selected rows, so decode cost does not grow with 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

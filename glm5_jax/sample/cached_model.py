@@ -13,8 +13,6 @@ token p + 2 (the main model's hidden for verified positions, its own output for 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -49,7 +47,7 @@ class CachedMTPModule(nn.Module):
         return h, RMSNorm(c.rms_norm_eps, dt, pdt, name="head_norm")(h), cache
 
 
-def _select_rows(x: jax.Array, index: Optional[jax.Array]) -> jax.Array:
+def _select_rows(x: jax.Array, index: jax.Array | None) -> jax.Array:
     """x [b, s, d] -> x[i, index[i]] [b, d] when index [b] is given, else x unchanged."""
     if index is None:
         return x
@@ -93,7 +91,7 @@ class CachedGLM5(nn.Module):
         return jnp.zeros((batch, seq, min(self.config.index_topk, kv_len)), jnp.int32)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, cache: dict,
-                 logit_index: Optional[jax.Array] = None):
+                 logit_index: jax.Array | None = None):
         """tokens/positions [b, s] -> (logits [b, s, vocab] or [b, vocab] at ``logit_index`` [b],
         pre-norm hidden [b, s, d] (the MTP drafter's input), updated cache)."""
         c = self.config
@@ -109,7 +107,7 @@ class CachedGLM5(nn.Module):
         return logits, x, new_cache
 
     def mtp_draft(self, hidden: jax.Array, next_tokens: jax.Array, positions: jax.Array, cache: dict,
-                  logit_index: Optional[jax.Array] = None):
+                  logit_index: jax.Array | None = None):
         """hidden [b, s, d] (what produced next_tokens), next_tokens/positions [b, s]
         -> (draft logits [b, s, vocab] or [b, vocab], MTP hidden [b, s, d], updated cache)."""
         c = self.config

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import GLM5Model
@@ -29,7 +28,7 @@ def is_train_workdir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) and not os.path.exists(os.path.join(path, "config.json"))
 
 
-def load_train_workdir(path: str, model_config: Optional[ModelConfig] = None) -> tuple[GLM5Model, dict]:
+def load_train_workdir(path: str, model_config: ModelConfig | None = None) -> tuple[GLM5Model, dict]:
     """(model, {"params", "routing"}) from the newest orbax step of a training workdir."""
     import orbax.checkpoint as ocp
 
@@ -50,7 +49,7 @@ def load_train_workdir(path: str, model_config: Optional[ModelConfig] = None) ->
     return GLM5Model(model_config), {"params": state["params"], "routing": state["routing"]}
 
 
-def load_for_generation(path: str, model_config: Optional[ModelConfig] = None) -> tuple[GLM5Model, dict]:
+def load_for_generation(path: str, model_config: ModelConfig | None = None) -> tuple[GLM5Model, dict]:
     """An HF checkpoint directory or a training workdir, whichever ``path`` is."""
     if is_train_workdir(path):
         return load_train_workdir(path, model_config)
@@ -59,7 +58,7 @@ def load_for_generation(path: str, model_config: Optional[ModelConfig] = None) -
     return load_hf(path)
 
 
-def load_tokenizer(path: str, tokenizer_path: Optional[str] = None):
+def load_tokenizer(path: str, tokenizer_path: str | None = None):
     """A ``tokenizers.Tokenizer`` from tokenizer_path or ``path/tokenizer.json``; None if absent."""
     candidate = tokenizer_path or os.path.join(path, TOKENIZER_FILE)
     if not os.path.exists(candidate):

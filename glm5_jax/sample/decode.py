@@ -14,7 +14,7 @@ the MTP hidden that produced it and its logits.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ class DecodeState(NamedTuple):
     done: jax.Array  # [b] bool
     steps: jax.Array  # [b] decode/verify steps taken while the row was active
     step: jax.Array  # [] loop iterations so far
-    draft: Optional[dict]  # {"token": [b], "hidden": [b, d], "logits": [b, V]} when speculating
+    draft: dict | None  # {"token": [b], "hidden": [b, d], "logits": [b, V]} when speculating
 
 
 def place(buffer: jax.Array, start: jax.Array, values: jax.Array, count: jax.Array) -> jax.Array:

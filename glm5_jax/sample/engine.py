@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,7 @@ def round_up(value: int, multiple: int) -> int:
 def compiled(config: ModelConfig, kind: PolicyKind, capacity: int, out_len: int, draft_steps: int,
              indexer_mode: str, mesh=None) -> tuple[Callable, Callable]:
     """(prefill, decode_loop) jitted for one static setting; the loop donates its state."""
-    static = dict(config=config, kind=kind, draft_steps=draft_steps, indexer_mode=indexer_mode)
+    static = {"config": config, "kind": kind, "draft_steps": draft_steps, "indexer_mode": indexer_mode}
     prefill_fn = jax.jit(functools.partial(prefill, capacity=capacity, out_len=out_len, **static))
     loop_fn = jax.jit(functools.partial(decode_loop, **static), donate_argnums=(1,))
     return prefill_fn, loop_fn
@@ -79,8 +79,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> tuple[np.n
     return padded, lengths
 
 
-def _trim(tokens: np.ndarray, logprobs: np.ndarray, n_out: int, max_new: int, eos: Optional[int],
-          stop_at: Optional[int]) -> Generation:
+def _trim(tokens: np.ndarray, logprobs: np.ndarray, n_out: int, max_new: int, eos: int | None,
+          stop_at: int | None) -> Generation:
     keep, reason = min(n_out, max_new), "length"
     if eos is not None:
         hits = np.flatnonzero(tokens[:keep] == eos)

@@ -39,7 +39,7 @@ class PolicyKind:
     truncated: bool  # top_k or top_p active
 
     @classmethod
-    def of(cls, temperature: float, top_k: int, top_p: float) -> "PolicyKind":
+    def of(cls, temperature: float, top_k: int, top_p: float) -> PolicyKind:
         greedy = temperature <= 0.0
         return cls(greedy=greedy, truncated=not greedy and (top_k > 0 or top_p < 1.0))
 

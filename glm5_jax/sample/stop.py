@@ -9,19 +9,19 @@ sequence, so the learner sees exactly what the policy produced (token in, token 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
-StopSpec = Union[None, str, Sequence[Union[str, Sequence[int]]]]
+StopSpec = str | Sequence[str | Sequence[int]] | None
 
 
 @dataclasses.dataclass(frozen=True)
 class StopCriteria:
     token_sequences: tuple[tuple[int, ...], ...] = ()
     strings: tuple[str, ...] = ()
-    decode: Optional[Callable[[list[int]], str]] = None
+    decode: Callable[[list[int]], str] | None = None
 
     @classmethod
-    def parse(cls, stop: StopSpec, decode: Optional[Callable[[list[int]], str]]) -> "StopCriteria":
+    def parse(cls, stop: StopSpec, decode: Callable[[list[int]], str] | None) -> StopCriteria:
         """``stop``: a string, or a list of strings and/or token-id sequences."""
         if stop is None:
             return cls()
@@ -38,10 +38,10 @@ class StopCriteria:
     def __bool__(self) -> bool:
         return bool(self.token_sequences or self.strings)
 
-    def kept_length(self, tokens: Sequence[int]) -> Optional[int]:
+    def kept_length(self, tokens: Sequence[int]) -> int | None:
         """Smallest m such that tokens[:m] completes a stop sequence or string, else None."""
         tokens = list(tokens)
-        best: Optional[int] = None
+        best: int | None = None
         for seq in self.token_sequences:
             n = len(seq)
             for end in range(n, len(tokens) + 1):
