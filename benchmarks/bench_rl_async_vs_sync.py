@@ -1,6 +1,6 @@
 """Asynchronous vs lock-step RL on the tiny preset: reward against wall-clock time and samples.
 
-    python benchmarks/bench_rl_async_vs_sync.py --steps 60 --workdir /tmp/glm5_rl_bench
+    python benchmarks/bench_rl_async_vs_sync.py --steps 250 --workdir /tmp/glm5_rl_bench
     python benchmarks/bench_rl_async_vs_sync.py --workdir /tmp/glm5_rl_bench --skip_run  # re-plot
 
 Runs ``experiments/rl/tiny_async.py`` and ``tiny_sync.py`` one after the other (never at the
@@ -46,8 +46,10 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def first_reaching(xs: list[float], ys: list[float], target: float) -> float | None:
-    for x, y in zip(xs, ys):
+def first_reaching(xs: list[float], ys: list[float], target: float, window: int) -> float | None:
+    """First x where the moving average over a *full* window reaches the target (a partial
+    window at the start is a handful of batches and mostly measures which tasks were drawn)."""
+    for x, y in list(zip(xs, ys))[window - 1:]:
         if y >= target:
             return x
     return None
@@ -112,8 +114,8 @@ def _cumulative(values: list[float]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="/tmp/glm5_rl_bench")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--window", type=int, default=20)
     parser.add_argument("--target_fraction", type=float, default=0.7)
     parser.add_argument("--skip_run", action="store_true")
     parser.add_argument("--extra", nargs="*", default=[], help="more --config.* overrides for both")
@@ -125,7 +127,7 @@ def main() -> None:
     runs = {mode: load(base / mode) for mode in ("async", "sync")}
     smoothed = {m: smooth([r["reward"] for r in recs], args.window) for m, recs in runs.items()}
     warm = sum(r["reward"] for r in runs["sync"][:args.window]) / min(args.window, len(runs["sync"]))
-    best = min(max(v) for v in smoothed.values())
+    best = min(max(v[args.window - 1:]) for v in smoothed.values())
     target = warm + args.target_fraction * (best - warm)
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_svg(RESULTS / "rl_async_vs_sync.svg", runs, args.window, target)
@@ -134,8 +136,8 @@ def main() -> None:
     for mode, records in runs.items():
         wall = [r["wall_time"] for r in records]
         samples = _cumulative([r["samples"] for r in records])
-        times[mode] = first_reaching(wall, smoothed[mode], target)
-        reached_at = first_reaching(samples, smoothed[mode], target)
+        times[mode] = first_reaching(wall, smoothed[mode], target, args.window)
+        reached_at = first_reaching(samples, smoothed[mode], target, args.window)
         last = records[-1]
         rows.append(
             f"| {mode} | {len(records)} | {wall[-1]:.0f} | {_fmt(times[mode])} | {_fmt(reached_at, 0)} | "

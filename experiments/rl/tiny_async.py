@@ -26,9 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ""  # every local device on the data axis
 
     # Tasks, environment, reward.
-    config.tasks = ml_collections.ConfigDict({"suite": "tiny", "levels": (1, 2, 3)})
+    config.tasks = ml_collections.ConfigDict({"suite": "tiny", "levels": (1, 2, 3)})  # 103 tasks
     config.environment = ml_collections.ConfigDict({
-        "kind": "debug",  # "single_turn" | "debug" | "test_driven"
+        "kind": "single_turn",  # "single_turn" | "debug" | "test_driven"
         "max_turns": 2, "shown_tests": 2, "feedback_chars": 32})
     config.reward = ml_collections.ConfigDict({
         "correct": 1.0, "fraction_passed": 0.5, "simplicity": 0.05, "cleanliness": 0.05,
@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Learner.
     config.total_steps = 60
-    config.seq_len = 112  # prompt + 2 attempts + one failure report
+    config.seq_len = 48  # prompt + one attempt; 112 holds two debugging turns (feedback_chars=32)
     config.objective = "direct_double_sided"  # | "decoupled" | "truncated_is"
     config.is_eps_low = 0.2
     config.is_eps_high = 0.28
@@ -65,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.truncation_cap = 2.0  # truncated_is
     config.kl_coef = 0.0
     config.normalize_advantages_by_std = True
-    config.learning_rate = 1e-3
+    config.learning_rate = 3e-4  # 1e-3 collapsed the policy within 2 steps (Adam moves every
+    # weight by ~lr on the first steps, whatever the gradient's size)
     config.adam_b1 = 0.9
     config.adam_b2 = 0.99
     config.adam_eps = 1e-8
@@ -75,9 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.sync_every = 1  # publish new weights every learner step
     config.reset_optimizer_on_push = False
 
-    # Supervised warm start (cached by content under cache_dir).
+    # Supervised warm start (cached by content under cache_dir). 300 steps leave the sampled
+    # pass rate near 30% (level 1: 36%, 2: 0%, 3: 33%; 400 steps: 58%, 14%, 29%).
     config.warm_start = ml_collections.ConfigDict({
-        "steps": 40, "batch_size": 32, "learning_rate": 3e-3, "seq_len": 48,
+        "steps": 300, "batch_size": 32, "learning_rate": 3e-3, "seq_len": 48,
         "cache_dir": "/tmp/glm5_rl_warm_start"})
 
     config.log_every = 1

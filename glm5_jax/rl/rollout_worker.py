@@ -75,6 +75,11 @@ class RolloutWorker:
         for index in range(len(self.tasks)):
             prompt = [self.tokenizer.bos_id] + self.tokenizer.encode(self.make_env(index).reset())
             by_bucket.setdefault(-(-len(prompt) // PROMPT_BUCKET), prompt)
+        if self.config.environment.kind != "single_turn" and self.config.environment.max_turns > 1:
+            # Later turns see longer contexts; compile every length they can reach.
+            filler = by_bucket[min(by_bucket)]
+            for bucket in range(min(by_bucket) + 1, -(-self.config.seq_len // PROMPT_BUCKET) + 1):
+                by_bucket[bucket] = (filler * bucket * PROMPT_BUCKET)[:bucket * PROMPT_BUCKET]
         for prompt in by_bucket.values():
             self.sampler.sample(self.policy.variables, [prompt], seed=0)
         return {"warm_up_s": time.perf_counter() - start, "prompt_shapes": float(len(by_bucket))}

@@ -47,10 +47,11 @@ def supervised_batch(tasks: list[CodeTask], indices: np.ndarray, tokenizer, seq_
     return {"input_ids": input_ids, "targets": targets, "loss_mask": mask}
 
 
-def _cache_key(config: ml_collections.ConfigDict, model_config) -> str:
+def _cache_key(config: ml_collections.ConfigDict, model_config, prompts: list[str]) -> str:
+    """Everything the warm start depends on: its settings, the model, the seed, and the exact
+    (prompt, reference) pairs it imitates."""
     blob = json.dumps({"warm": config.warm_start.to_dict(), "model": model_config.to_dict(),
-                       "tasks": config.tasks.to_dict(), "seed": config.seed,
-                       "env": config.environment.kind, "seq_len": config.seq_len}, sort_keys=True)
+                       "seed": config.seed, "data": prompts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -58,7 +59,8 @@ def warm_start_variables(config: ml_collections.ConfigDict, model_config, tasks:
                          tokenizer, prompt_of, log=print) -> tuple[dict[str, Any], dict[str, float]]:
     """(variables, info): initialised from ``config.seed`` and trained ``warm_start.steps`` steps."""
     cache_dir = config.warm_start.get("cache_dir") or ""
-    cache = Path(cache_dir) / f"warm_start_{_cache_key(config, model_config)}.msgpack" if cache_dir else None
+    key = _cache_key(config, model_config, [prompt_of(t) + t.reference for t in tasks])
+    cache = Path(cache_dir) / f"warm_start_{key}.msgpack" if cache_dir else None
     model = GLM5Model(model_config)
     variables = init_variables(model, jax.random.PRNGKey(config.seed))
     if cache is not None and cache.exists():
