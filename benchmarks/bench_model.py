@@ -11,8 +11,10 @@
     form (written here), at long sequence lengths and GLM-5-like per-head dims scaled to CPU.
 (c) parameter counts (total / active per token) of the presets, from abstract shapes.
 
-    python benchmarks/bench_model.py                # all parts, defaults fit ~10 min on 2 cores
-    python benchmarks/bench_model.py --parts a --seqs 128,256 --repeats 7
+    python benchmarks/bench_model.py     # all parts; ~10 min on the shared 2-core box (load 6-9)
+    python benchmarks/bench_model.py --parts a --omp-passive --ours-impls masked_dense,gather
+
+Results and their reading: benchmarks/results/model.md.
 
 Timings on a shared machine are noisy: part (a) interleaves the contenders round by round so
 load hits them alike, and reports medians and the median of per-round ratios.
