@@ -37,10 +37,12 @@ def test_gather_path_equals_masked_dense(seq, topk, segments):
     dense = sa.masked_dense_attention(jnp.concatenate([q_nope, q_rope], -1), keys, kv[..., nope:],
                                       mask & sa.selection_mask(chosen, seq), scale)
     q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])
-    gathered = jnp.einsum("bshc,chv->bshv",
-                          sa.gathered_latent_attention(q_latent, q_rope, latent, k_rope, chosen, scale),
-                          kv_b[..., nope:])
-    assert relative_error(gathered, dense) <= 1e-5
+    for query_chunk in (512, 8):  # whole, and chunked over queries where 8 divides seq
+        gathered = jnp.einsum("bshc,chv->bshv",
+                              sa.gathered_latent_attention(q_latent, q_rope, latent, k_rope, chosen, scale,
+                                                           query_chunk=query_chunk),
+                              kv_b[..., nope:])
+        assert relative_error(gathered, dense) <= 1e-5
 
 
 def test_selection_never_crosses_documents_or_the_future():

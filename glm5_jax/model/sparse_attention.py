@@ -37,12 +37,33 @@ def gather_keys(values: jax.Array, topk_indices: jax.Array) -> jax.Array:
 
 
 def gathered_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: jax.Array,
-                              k_rope: jax.Array, topk_indices: jax.Array, scale: float) -> jax.Array:
+                              k_rope: jax.Array, topk_indices: jax.Array, scale: float,
+                              query_chunk: int = 512) -> jax.Array:
     """Absorbed MLA over gathered keys.
 
     q_latent [b, s, h, c] (q_nope already projected by W_uk), q_rope [b, s, h, r],
     latent [b, t, c], k_rope [b, t, r], topk_indices [b, s, k] -> latent output [b, s, h, c].
+    Gathered keys take s * k * (c + r) values, so long inputs are processed ``query_chunk``
+    queries at a time (rematerialised in the backward pass): memory stays at one chunk's.
     """
+    s = q_latent.shape[1]
+    if s <= query_chunk or s % query_chunk:
+        return _gathered_chunk(q_latent, q_rope, latent, k_rope, topk_indices, scale)
+    n = s // query_chunk
+
+    def split(x):  # [b, s, ...] -> [n, b, chunk, ...]
+        return jnp.moveaxis(x.reshape(x.shape[0], n, query_chunk, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def chunk_fn(args):
+        q_latent_c, q_rope_c, topk_c = args
+        return _gathered_chunk(q_latent_c, q_rope_c, latent, k_rope, topk_c, scale)
+
+    out = jax.lax.map(chunk_fn, (split(q_latent), split(q_rope), split(topk_indices)))
+    return jnp.moveaxis(out, 0, 1).reshape(q_latent.shape[:3] + (latent.shape[-1],))
+
+
+def _gathered_chunk(q_latent, q_rope, latent, k_rope, topk_indices, scale):
     latent_sel = gather_keys(latent, topk_indices)  # [b, s, k, c]
     rope_sel = gather_keys(k_rope, topk_indices)  # [b, s, k, r]
     # Slot-major logits [b, s, k, h]: this layout is ~2-6x faster on XLA CPU than [b, s, h, k].
