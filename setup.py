@@ -30,6 +30,10 @@ HF = [
     "safetensors>=0.6",
 ]
 
+RL = [
+    "ray>=2.60",  # the multi-host rollout backend (--config.backend=ray)
+]
+
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.6",
@@ -45,7 +49,7 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"hf": HF, "test": TEST + HF, "all": TEST + HF},
+    extras_require={"hf": HF, "rl": RL, "test": TEST + HF + RL, "all": TEST + HF + RL},
     entry_points={
         "console_scripts": [
             "glm5-eval=glm5_jax.eval.cli:main",

@@ -5,6 +5,9 @@ Also runnable: ``python -m glm5_jax.generate --checkpoint DIR --prompt "..."`` (
 
 from __future__ import annotations
 
+import sys
+import types
+
 from collections.abc import Sequence
 
 from glm5_jax.config import ModelConfig
@@ -32,3 +35,14 @@ def generate(model, variables: dict, prompts: Sequence[Sequence[int]], max_new_t
 
 
 __all__ = ["Generation", "generate"]
+
+
+class _CallableModule(types.ModuleType):
+    """``glm5_jax.generate`` is both this package (``python -m glm5_jax.generate``) and, once
+    imported, the attribute the parent package exposes; calling it calls ``generate``."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
