@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.mtp import shift_left
 from glm5_jax.sample.acceptance import verify_drafts
-from glm5_jax.sample.cache import init_cache
+from glm5_jax.sample.cache import MTP, init_cache
 from glm5_jax.sample.cached_model import CachedGLM5
 from glm5_jax.sample.sampling import Policy, PolicyKind, choose, row_keys
 
@@ -123,15 +123,17 @@ def _speculative_step(variables, state: DecodeState, policy: Policy, config: Mod
 
     def chain(carry, i):
         """MTP at position length + i - 1 reads draft i and predicts token length + i + 1."""
-        cache, token, hidden = carry
+        mtp_cache, token, hidden = carry
         position = (state.lengths + i - 1)[:, None]
-        logits, hidden, cache = model.apply(variables, hidden[:, None], token[:, None], position, cache, zeros,
-                                            method=CachedGLM5.mtp_draft)
+        logits, hidden, mtp_cache = model.apply(variables, hidden[:, None], token[:, None], position, mtp_cache,
+                                                zeros, method=CachedGLM5.mtp_draft)
         token = _choose_draft(logits, policy, kind, state.step + 1, i)
-        return (cache, token, hidden), (token, logits)
+        return (mtp_cache, token, hidden), (token, logits)
 
-    (cache, _, _), (chained, chained_logits) = jax.lax.scan(
-        chain, (cache, draft["token"], draft["hidden"]), jnp.arange(1, draft_steps, dtype=jnp.int32))
+    # Only the drafter's cache rides through the chain: the main cache stays out of this loop.
+    (mtp_cache, _, _), (chained, chained_logits) = jax.lax.scan(
+        chain, ({MTP: cache[MTP]}, draft["token"], draft["hidden"]), jnp.arange(1, draft_steps, dtype=jnp.int32))
+    cache = {**cache, **mtp_cache}
     tokens = jnp.concatenate([draft["token"][None], chained], axis=0)  # [D, b]
     logits = jnp.concatenate([draft["logits"][None], chained_logits], axis=0)  # [D, b, V]
     drafts = tokens.T  # [b, D]
