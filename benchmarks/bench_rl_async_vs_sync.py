@@ -150,6 +150,9 @@ def main() -> None:
     train_s = sum(r["train_s"] for r in sync) / len(sync)
     ceiling = (generate + train_s) / max(generate, train_s)
     ratio = times["sync"] / times["async"] if times["sync"] and times["async"] else None
+    budget = min(runs[m][-1]["wall_time"] for m in runs)
+    at_budget = {m: _value_at([r["wall_time"] for r in runs[m]], smoothed[m], budget) for m in runs}
+    steps_per_s = {m: len(runs[m]) / runs[m][-1]["wall_time"] for m in runs}
     lines = [
         "## Asynchronous vs lock-step RL (tiny preset, CPU)", "",
         f"Command: `python benchmarks/bench_rl_async_vs_sync.py --steps {args.steps} "
@@ -164,10 +167,25 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
         f"Time-to-target ratio sync/async: **{_fmt(ratio, 2)}x**. Ceiling from the lock-step run's "
         f"phases: generation {generate:.2f}s + training {train_s:.2f}s per step -> "
-        f"(g + t) / max(g, t) = **{ceiling:.2f}x**.", ""]
+        f"(g + t) / max(g, t) = **{ceiling:.2f}x**. Learner steps per second: async "
+        f"{steps_per_s['async']:.2f}, sync {steps_per_s['sync']:.2f} "
+        f"(**{steps_per_s['async'] / steps_per_s['sync']:.2f}x**).",
+        "",
+        f"Reward ({args.window}-step mean) at an equal wall-clock budget of {budget:.0f}s: async "
+        f"{at_budget['async']:.3f}, sync {at_budget['sync']:.3f}.", ""]
     text = "\n".join(lines)
     print(text)
     (RESULTS / "rl.md").write_text(text)
+
+
+def _value_at(xs: list[float], ys: list[float], x: float) -> float:
+    """The last y at or before x."""
+    value = ys[0]
+    for xi, yi in zip(xs, ys):
+        if xi > x:
+            break
+        value = yi
+    return value
 
 
 def _staleness(records: list[dict]) -> str:

@@ -106,6 +106,7 @@ def test_async_run_survives_a_sigkilled_worker_and_resumes(tmp_path):
     assert 0 <= last["buffer/lost"] - kill["lost_before"] <= kill["owed"]
     for record in records:
         assert_accounted(record)
+        assert max(map(int, record["staleness_histogram"])) <= config.max_staleness
     assert sum(r["samples"] for r in records) == last["buffer/consumed"]
     assert records[-1]["policy_version"] == 4
 
