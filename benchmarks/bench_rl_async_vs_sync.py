@@ -139,9 +139,10 @@ def main() -> None:
         times[mode] = first_reaching(wall, smoothed[mode], target, args.window)
         reached_at = first_reaching(samples, smoothed[mode], target, args.window)
         last = records[-1]
+        final_pass = sum(r["pass_rate"] for r in records[-args.window:]) / args.window
         rows.append(
             f"| {mode} | {len(records)} | {wall[-1]:.0f} | {_fmt(times[mode])} | {_fmt(reached_at, 0)} | "
-            f"{smoothed[mode][-1]:.3f} | {sum(r['pass_rate'] for r in records[-args.window:]) / args.window:.2f} | "
+            f"{smoothed[mode][-1]:.3f} | {final_pass:.2f} | "
             f"{last['learner_idle_fraction']:.2f} | {last['worker_utilisation']:.2f} | "
             f"{last['tokens_per_s/generated']:.0f} | {last['tokens_per_s/trained']:.0f} | "
             f"{last['buffer/dropped']} | {_staleness(records)} |")

@@ -73,7 +73,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
     tokenizer, tasks = make_tokenizer(config), make_tasks(config)
     model_config = policy_model_config(config, tokenizer.vocab_size, tokenizer.bos_id,
                                        tokenizer.eos_id, tokenizer.pad_id)
-    weights, feedback = RewardWeights.from_config(config.reward), get_feedback_scorer(config.reward.feedback_scorer)
+    weights = RewardWeights.from_config(config.reward)
+    feedback = get_feedback_scorer(config.reward.feedback_scorer)
     env = config.environment
 
     def prompt_of(task) -> str:
