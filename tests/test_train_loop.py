@@ -1,15 +1,24 @@
 """The training loop end to end on a synthetic corpus: metrics and checkpoints, 8 simulated
-devices against 1, restore onto a different mesh, and falling back from a damaged checkpoint.
+devices against 1, exact resume after kill -9 (through the command line), restore onto a
+different mesh and back, falling back from damaged checkpoints, not re-running a finished run.
 
-One 1-device reference run (module fixture) is the yardstick for all of them; every other
-run compiles the same programs, which the persistent compilation cache shares.
+All of it is one test on purpose: every part is measured against the same uninterrupted
+runs, and CI spreads tests over xdist workers, which would otherwise each redo (and
+recompile) them. On CPU compiling a train step costs far more than running it: in-process
+runs reuse the two ``Run`` objects (one per mesh), and the command-line runs use the same
+config and device count, so they load those programs from the persistent cache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -18,30 +27,23 @@ import pytest
 
 from glm5_jax.train.loop import train
 from glm5_jax.train.metrics_writer import read_metrics
+from glm5_jax.train.run_setup import build_run
+from glm5_jax.train.testing import REPO, cpu_test_config, write_test_corpus
 from glm5_jax.train.testing import TEST_TOTAL_STEPS as TOTAL_STEPS
-from glm5_jax.train.testing import cpu_test_config, write_test_corpus
 
 SHARDED_MESH = "fsdp=4,expert=2"
-LOSS_FIELDS = ("loss", "ce_loss", "mtp_loss", "indexer_kl", "balance_loss", "grad_norm")
+LOSS_FIELDS = ("loss", "ce_loss", "indexer_kl", "balance_loss", "grad_norm")
 # The indexer KL is a difference of nearly equal cross entropies (~1e-5 out of ~3): float32
 # reduction-order changes move it by ~1e-8 absolute, beyond 1e-4 relative. The losses
 # themselves are held to 1e-4 relative.
 ABSOLUTE_TOLERANCE = {"indexer_kl": 1e-7}
+TIMING_FIELDS = {"tokens_per_second", "step_time", "mfu"}
+EXPERIMENT = """
+from glm5_jax.train.testing import cpu_test_config
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("train_loop")
-    return write_test_corpus(root / "corpus"), root / "data"
-
-
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):
-    """(config, workdir, metrics) of an uninterrupted 1-device run."""
-    config = cpu_test_config(*corpus)
-    workdir = tmp_path_factory.mktemp("reference")
-    train(config, workdir, devices=jax.devices()[:1])
-    return config, workdir, read_metrics(workdir)
+def get_config():
+    return cpu_test_config({corpus!r}, {data_dir!r}, mesh={mesh!r})
+"""
 
 
 def _losses(records, steps=None):
@@ -49,7 +51,7 @@ def _losses(records, steps=None):
             if steps is None or r["step"] in steps}
 
 
-def _assert_close(actual, expected, rtol):
+def _assert_close(actual, expected, rtol=1e-4):
     assert actual.keys() == expected.keys()
     for step in expected:
         for field in LOSS_FIELDS:
@@ -58,48 +60,41 @@ def _assert_close(actual, expected, rtol):
                                        err_msg=f"step {step} {field}")
 
 
-def test_reference_run_logs_and_checkpoints(reference):
-    _, workdir, metrics = reference
-    assert [r["step"] for r in metrics] == list(range(1, TOTAL_STEPS + 1))
-    for field in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu",
-                  "expert_load_max_over_mean", "indexer_recall", "skipped_steps"):
-        assert all(np.isfinite(r[field]) for r in metrics), field
-    assert metrics[-1]["ce_loss"] < metrics[0]["ce_loss"]
-    assert all(r["skipped_steps"] == 0 for r in metrics)
-    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved == list(range(2, TOTAL_STEPS + 1, 2))
-    assert any((workdir / "tensorboard").iterdir())
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
 
 
-def test_eight_devices_match_one(reference, tmp_path):
-    config, _, expected = reference
-    train(_with(config, mesh=SHARDED_MESH), tmp_path)
-    _assert_close(_losses(read_metrics(tmp_path)), _losses(expected), rtol=1e-4)
+def _saved_steps(workdir: Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def _with(config, **changes):
-    config = config.copy_and_resolve_references()
-    config.update(changes)
-    return config
+def _command_line(corpus: tuple[Path, Path], mesh: str, workdir: Path) -> tuple[list[str], dict]:
+    """``python -m glm5_jax.train`` on the test config (checkpoints every 3 steps, unlike the
+    in-process runs: a host-side field, so the compiled programs are the same)."""
+    experiment = workdir.parent / f"{workdir.name}_experiment.py"
+    experiment.write_text(EXPERIMENT.format(corpus=str(corpus[0]), data_dir=str(corpus[1]), mesh=mesh))
+    env = dict(os.environ)  # the tests' XLA_FLAGS: the same 8 simulated devices
+    env["JAX_COMPILATION_CACHE_DIR"] = str(REPO / ".jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    args = [sys.executable, "-m", "glm5_jax.train", f"--config={experiment}",
+            f"--workdir={workdir}", "--config.checkpoint_every=3"]
+    return args, env
 
 
-def _copy_checkpoint(source_workdir: Path, step: int, target_workdir: Path) -> None:
-    (target_workdir / "checkpoints").mkdir(parents=True)
-    shutil.copytree(source_workdir / "checkpoints" / str(step), target_workdir / "checkpoints" / str(step))
-
-
-def test_restore_onto_another_mesh_and_back(reference, tmp_path):
-    """Saved on 1 device at step 2; resumed on 8 (fsdp=4, expert=2) to step 4 and saved
-    there; resumed on 1 device to the end. Losses follow the uninterrupted run (to float32
-    reduction-order differences)."""
-    config, ref_workdir, expected = reference
-    _copy_checkpoint(ref_workdir, 2, tmp_path)
-    eight = train(_with(config, mesh=SHARDED_MESH), tmp_path, stop_at_step=4)
-    assert (eight.start_step, eight.end_step) == (2, 4)
-    one = train(config, tmp_path, devices=jax.devices()[:1])
-    assert (one.start_step, one.end_step) == (4, TOTAL_STEPS)
-    resumed_steps = range(3, TOTAL_STEPS + 1)
-    _assert_close(_losses(read_metrics(tmp_path)), _losses(expected, resumed_steps), rtol=1e-4)
+def _kill_after_first_checkpoint(args: list[str], env: dict, workdir: Path) -> None:
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not _saved_steps(workdir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{stderr[-3000:]}"
 
 
 def _garble(step_dir: Path) -> None:
@@ -120,41 +115,82 @@ def _truncate(step_dir: Path) -> None:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def test_damaged_checkpoints_fall_back_to_the_last_good_one(reference, tmp_path, caplog):
-    """The newest checkpoint garbled, the one before it truncated: both are reported and set
-    aside, and the run resumes from the third newest."""
-    config, ref_workdir, expected = reference
-    workdir = tmp_path / "run"
-    shutil.copytree(ref_workdir, workdir)
-    _garble(workdir / "checkpoints" / str(TOTAL_STEPS))
-    _truncate(workdir / "checkpoints" / str(TOTAL_STEPS - 2))
-    with caplog.at_level(logging.WARNING):
-        result = train(config, workdir, devices=jax.devices()[:1])
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train_loop")
+    return write_test_corpus(root / "corpus"), root / "data"
+
+
+def test_training_loop(corpus, tmp_path, caplog):
+    config = cpu_test_config(*corpus)
+    sharded_config = cpu_test_config(*corpus, mesh=SHARDED_MESH)
+    one_device = build_run(config, jax.devices()[:1])
+    eight_devices = build_run(sharded_config)
+
+    # 1. The uninterrupted 1-device reference: metrics every step, checkpoints every 2.
+    reference = tmp_path / "reference"
+    train(config, reference, run=one_device)
+    expected_records = read_metrics(reference)
+    expected = _losses(expected_records)
+    assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
+    for field in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu",
+                  "expert_load_max_over_mean", "indexer_recall", "skipped_steps"):
+        assert all(np.isfinite(r[field]) for r in expected_records), field
+    assert all(r["skipped_steps"] == 0 for r in expected_records)
+    assert expected_records[-1]["ce_loss"] < expected_records[0]["ce_loss"]
+    assert _saved_steps(reference) == list(range(2, TOTAL_STEPS + 1, 2))
+    assert any((reference / "tensorboard").iterdir())
+    for line in (reference / "metrics.jsonl").read_text().splitlines():
+        assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_second"} <= json.loads(line).keys()
+
+    # 2. 8 simulated devices, mesh fsdp=4 x expert=2: the same losses to 1e-4.
+    sharded = tmp_path / "sharded"
+    train(sharded_config, sharded, run=eight_devices)
+    _assert_close(_losses(read_metrics(sharded)), expected)
+
+    # 3. kill -9 after the first checkpoint, then the same command again: it resumes from the
+    #    latest complete checkpoint and logs the uninterrupted run's losses bit for bit.
+    killed = tmp_path / "killed"
+    args, env = _command_line(corpus, SHARDED_MESH, killed)
+    _kill_after_first_checkpoint(args, env, killed)
+    logged_before_kill = [r["step"] for r in read_metrics(killed)]
+    assert logged_before_kill and logged_before_kill[-1] < TOTAL_STEPS
+    resumed = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from step" in resumed.stderr
+    assert _without_timing(read_metrics(killed)) == _without_timing(read_metrics(sharded))
+
+    # 4. Saved on 1 device (step 2), resumed on 8 to step 4 and saved there, resumed on 1.
+    moved = tmp_path / "moved"
+    (moved / "checkpoints").mkdir(parents=True)
+    shutil.copytree(reference / "checkpoints" / "2", moved / "checkpoints" / "2")
+    result = train(sharded_config, moved, stop_at_step=4, run=eight_devices)
+    assert (result.start_step, result.end_step) == (2, 4)
+    result = train(config, moved, run=one_device)
+    assert (result.start_step, result.end_step) == (4, TOTAL_STEPS)
+    _assert_close(_losses(read_metrics(moved)), _losses(expected_records, range(3, TOTAL_STEPS + 1)))
+
+    # 5. The newest checkpoint garbled and the one before it truncated: both are reported and
+    #    set aside, and the run resumes from the third newest, bit for bit as before.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(reference, damaged)
+    _garble(damaged / "checkpoints" / str(TOTAL_STEPS))
+    _truncate(damaged / "checkpoints" / str(TOTAL_STEPS - 2))
+    with caplog.at_level(logging.WARNING, logger="glm5_jax.train"):
+        result = train(config, damaged, run=one_device)
     assert result.start_step == TOTAL_STEPS - 4
     for step in (TOTAL_STEPS, TOTAL_STEPS - 2):
         assert any(f"checkpoint step {step} " in m and "falling back" in m for m in caplog.messages)
-    assert len(list((workdir / "corrupt_checkpoints").iterdir())) == 2
-    # The same program from the same restored bits: identical to the uninterrupted run.
-    assert _losses(read_metrics(workdir)) == _losses(expected)
+    assert len(list((damaged / "corrupt_checkpoints").iterdir())) == 2
+    assert _losses(read_metrics(damaged)) == expected
 
-
-def test_finished_run_is_not_rerun(reference, tmp_path):
-    config, ref_workdir, expected = reference
-    shutil.copytree(ref_workdir, tmp_path / "run")
-    result = train(config, tmp_path / "run", devices=jax.devices()[:1])
+    # 6. A finished run is not run again.
+    result = train(config, reference, run=one_device)
     assert (result.start_step, result.end_step, result.metrics) == (TOTAL_STEPS, TOTAL_STEPS, [])
-    assert _losses(read_metrics(tmp_path / "run")) == _losses(expected)
+    assert _losses(read_metrics(reference)) == expected
 
 
-def test_mesh_must_cover_the_devices(reference, tmp_path):
-    config, _, _ = reference
+def test_mesh_must_cover_the_devices(corpus, tmp_path):
     with pytest.raises(ValueError, match="product of the axis sizes must equal the device count"):
-        train(_with(config, mesh="fsdp=4"), tmp_path)
-
-
-def test_metrics_lines_are_json_objects(reference):
-    _, workdir, _ = reference
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        assert isinstance(record, dict) and {"step", "loss", "learning_rate", "grad_norm",
-                                             "tokens_per_second"} <= record.keys()
+        train(cpu_test_config(*corpus, mesh="fsdp=4"), tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import types
-
 from collections.abc import Sequence
 
 from glm5_jax.config import ModelConfig

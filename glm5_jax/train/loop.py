@@ -25,7 +25,7 @@ from glm5_jax.train.checkpointing import Checkpointer
 from glm5_jax.train.experiment import stage_at
 from glm5_jax.train.flops import peak_flops_per_device, training_flops_per_token
 from glm5_jax.train.metrics_writer import MetricsWriter
-from glm5_jax.train.run_setup import build_run
+from glm5_jax.train.run_setup import Run, build_run
 from glm5_jax.train.train_state import TrainState
 
 _LOG = logging.getLogger("glm5_jax.train")
@@ -67,10 +67,12 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None) -> TrainResult:
+          devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None,
+          run: Run | None = None) -> TrainResult:
     """Train (or resume) until ``config.total_steps`` (or ``stop_at_step``, a clean early stop
-    that still checkpoints). ``devices`` defaults to all; the mesh must cover exactly them."""
-    run = build_run(config, devices)
+    that still checkpoints). ``devices`` defaults to all; the mesh must cover exactly them.
+    ``run``: a ``build_run(config, devices)`` to reuse (its programs are already compiled)."""
+    run = build_run(config, devices) if run is None else run
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     iterator = make_train_iterator(run.data_config, run.prepared)

@@ -44,10 +44,13 @@ class Run:
     abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
     shardings: TrainState
     data_sharding: NamedSharding
-    _compiled: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    _compiled: dict[str, Callable] = dataclasses.field(default_factory=dict)  # jitted, by name
 
     def init_state(self) -> TrainState:
-        return jax.jit(self.init, out_shardings=self.shardings)()
+        """The step-0 state, created directly in its shardings."""
+        if "init" not in self._compiled:
+            self._compiled["init"] = jax.jit(self.init, out_shardings=self.shardings)
+        return self._compiled["init"]()
 
     def step_fn(self, stage: str) -> Callable:
         """The jitted train step of a stage (compiled on first call; call inside the mesh)."""

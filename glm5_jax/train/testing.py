@@ -19,7 +19,7 @@ from glm5_jax.train.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_MODEL_OVERRIDES = {"num_hidden_layers": 2, "first_k_dense_replace": 1,
-                        "indexer_types": ("full", "shared"), "mtp_num_steps": 1}
+                        "indexer_types": ("full", "shared"), "num_mtp_layers": 0}
 TEST_TOTAL_STEPS = 8
 
 

@@ -165,24 +165,24 @@ def make_train_step(model_config: ModelConfig, config: ml_collections.ConfigDict
         grad_norm = optax.tree.norm(grads)
         terms = aux["terms"]
         finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if stage == DENSE_WARMUP:  # frozen parameters carried over exactly, not "+ 0"
-            params = jax.tree.map(lambda new, old, train: new if train else old,
-                                  params, state.params, trainable_mask(state.params, stage))
-            routing = state.routing
-        else:
-            routing = update_routing_biases(state.routing, aux["loads"],
-                                            config.routing_bias_update_rate)
 
-        def if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        def apply(_):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            if stage == DENSE_WARMUP:  # frozen parameters carried over exactly, not "+ 0"
+                params = jax.tree.map(lambda new, old, train: new if train else old,
+                                      params, state.params, trainable_mask(state.params, stage))
+                return params, opt_state, state.routing
+            return params, opt_state, update_routing_biases(
+                state.routing, aux["loads"], config.routing_bias_update_rate)
 
+        def skip(_):
+            return state.params, state.opt_state, state.routing
+
+        params, opt_state, routing = jax.lax.cond(finite, apply, skip, None)
         skipped = state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32)
-        new_state = state.replace(
-            step=state.step + 1, params=if_finite(params, state.params),
-            opt_state=if_finite(opt_state, state.opt_state),
-            routing=if_finite(routing, state.routing), rng=rng, skipped_steps=skipped)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  routing=routing, rng=rng, skipped_steps=skipped)
         metrics = dict(terms)
         metrics.update(
             # The optimizer counts applied updates only: its schedule position excludes skips.
