@@ -117,10 +117,10 @@ def iter_python_sources(
     Args:
       roots: trees to read; default `default_source_roots()`.
       max_files: how many files to sample evenly from the sorted listing; files
-        dropped afterwards (duplicates, undecodable, too large) are not replaced, so
+        dropped afterwards (duplicates, undecodable, too large, empty) are not replaced, so
         at most this many are yielded.
       max_bytes: stop before the total text would exceed this many bytes.
-      max_file_bytes: skip larger files.
+      max_file_bytes: skip larger files. Files with only whitespace are always skipped.
     """
     roots = default_source_roots() if roots is None else roots
     listing = [(root, path) for root in roots for path in _sorted_python_files(root)]
@@ -131,8 +131,8 @@ def iter_python_sources(
             data = path.read_bytes()
         except OSError:
             continue  # broken symlink or unreadable file: not part of the corpus
-        if len(data) > max_file_bytes:
-            continue
+        if len(data) > max_file_bytes or not data.strip():
+            continue  # too large, or empty (an empty `__init__.py` teaches nothing)
         if max_bytes is not None and total_bytes + len(data) > max_bytes:
             return
         digest = hashlib.sha256(data).hexdigest()
