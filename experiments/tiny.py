@@ -59,7 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.mtp_loss_weight = 0.3
     config.balance_loss_weight = 1e-4
     config.indexer_loss_weight = 1.0
-    config.dense_warmup_steps = 0  # steps [1, N] are DSA stage 1 (indexer only, dense attention)
+    # Attention stages (GLM-5's recipe): dense pretraining, then DSA stage 1 (dense attention,
+    # only the indexer trains), then stage 2 (sparse attention, everything trains).
+    config.dense_steps = 150
+    config.dense_warmup_steps = 20
     config.routing_bias_update_rate = 1e-3
 
     # Parallelism, checkpoints and logging.

@@ -17,10 +17,11 @@ from glm5_jax.model.attention import MLAttention
 from glm5_jax.model.rope import rope_angles
 from glm5_jax.model.transformer import attention_mask
 from glm5_jax.sharding import activate
-from glm5_jax.train.experiment import DENSE_WARMUP, SPARSE
+from glm5_jax.train.experiment import DENSE, DENSE_WARMUP, SPARSE, STAGES, stage_at
 from glm5_jax.train.indexer_loss import kl_to_indexer, layer_indexer_terms
 from glm5_jax.train.run_setup import build_run
 from glm5_jax.train.testing import TEST_TOTAL_STEPS, cpu_test_config, write_test_corpus
+from glm5_jax.train.train_step import make_train_step
 
 ATTENTION_SCALE_UP = 4.0  # sharpens the initial attention so the indexer has a gap to close
 STEPS = 8
@@ -54,6 +55,7 @@ def test_stage1_trains_only_the_indexer_and_its_kl_falls(tmp_path):
     the frozen model's LM loss cannot move; a non-finite step changes nothing but counters."""
     config = cpu_test_config(write_test_corpus(tmp_path / "corpus"), tmp_path / "data",
                              dense_warmup_steps=TEST_TOTAL_STEPS, warmup_steps=0, learning_rate=1e-2)
+    assert stage_at(config, 1) == DENSE_WARMUP
     run = build_run(config, jax.devices()[:1])
     with activate(run.mesh):
         state = run.init_state()  # the loop test's init program
@@ -134,3 +136,20 @@ def test_stage2_kl_trains_only_the_indexer():
         if path[0] != "indexer":
             assert not np.any(grad), "/".join(path)
     assert np.any(grads[("indexer", "wq_b", "kernel")])
+
+
+def test_stage_schedule_and_every_stage_traces(tmp_path):
+    """dense_steps, then dense_warmup_steps, then sparse; each stage's step traces to the same
+    state structure (tracing only: the dense stage is compiled by the main job)."""
+    config = cpu_test_config(write_test_corpus(tmp_path / "corpus"), tmp_path / "data",
+                             dense_steps=2, dense_warmup_steps=1)
+    assert [stage_at(config, step) for step in range(1, 6)] == [DENSE, DENSE, DENSE_WARMUP, SPARSE, SPARSE]
+    run = build_run(config, jax.devices()[:1])
+    batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.seq_len), v.dtype)
+             for k, v in _two_document_batch(1, 1, 3).items()}
+    with activate(run.mesh):
+        for stage in STAGES:
+            state, metrics = jax.eval_shape(make_train_step(run.model_config, config, run.optimizer,
+                                                            run.schedule, stage), run.abstract_state, batch)
+            assert jax.tree.structure(state) == jax.tree.structure(run.abstract_state), stage
+            assert {"loss", "ce_loss", "indexer_kl", "indexer_recall"} <= metrics.keys()

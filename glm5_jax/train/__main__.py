@@ -6,7 +6,7 @@ checkpoint.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -20,9 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax's per-save INFO lines would bury the progress bar
     from glm5_jax.train.loop import (
-        train,  # after flag parsing: jax reads XLA_FLAGS at import
+        train,  # imported after flag parsing, as jax reads XLA_FLAGS
     )
+
 
     result = train(_CONFIG.value, _WORKDIR.value)
     if result.metrics:

@@ -18,9 +18,11 @@ from glm5_jax.config import ModelConfig, get_preset
 from glm5_jax.data.config import DataConfig
 
 OPTIMIZERS = ("adamw", "muon")
+# Attention stages, in the order a run goes through them (GLM-5: dense pretraining, then DSA):
+DENSE = "dense"  # dense attention, everything trains; the indexer already learns (dense KL)
 DENSE_WARMUP = "dense_warmup"  # DSA stage 1: only the indexer trains, attention is dense
 SPARSE = "sparse"  # DSA stage 2: everything trains, attention uses the indexer's top-k
-STAGES = (DENSE_WARMUP, SPARSE)
+STAGES = (DENSE, DENSE_WARMUP, SPARSE)
 
 REQUIRED_FIELDS = (
     "model", "seq_len", "batch_size", "total_steps", "warmup_steps", "learning_rate",
@@ -72,8 +74,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 <= config.min_learning_rate_ratio <= 1:
         raise ExperimentConfigError(
             f"min_learning_rate_ratio={config.min_learning_rate_ratio} must be in [0, 1]")
-    if config.dense_warmup_steps < 0:
-        raise ExperimentConfigError(f"dense_warmup_steps={config.dense_warmup_steps} must be >= 0")
+    for name in ("dense_steps", "dense_warmup_steps"):
+        if config[name] < 0:
+            raise ExperimentConfigError(f"{name}={config[name]} must be >= 0")
     if "vocab_size" in config.model_overrides:
         raise ExperimentConfigError(
             "model_overrides.vocab_size is not allowed: the vocabulary size comes from the "
@@ -105,9 +108,15 @@ def data_config_from(config: ml_collections.ConfigDict) -> DataConfig:
 
 
 def stage_at(config: ml_collections.ConfigDict, step: int) -> str:
-    """The DSA training stage of update number ``step`` (1-based).
+    """The attention stage of update number ``step`` (1-based).
 
-    Steps 1..dense_warmup_steps are stage 1. The rule depends only on the step, so a run can
-    be switched to the sparse stage mid-way by resuming with a smaller dense_warmup_steps.
+    Steps 1..dense_steps train the whole model with dense attention (pretraining before DSA);
+    the next dense_warmup_steps are DSA stage 1; the rest are stage 2. The rule depends only
+    on the step, so resuming with other values switches stage mid-run (e.g. end the warm-up
+    now by resuming with a smaller dense_warmup_steps).
     """
-    return DENSE_WARMUP if step <= config.dense_warmup_steps else SPARSE
+    if step <= config.dense_steps:
+        return DENSE
+    if step <= config.dense_steps + config.dense_warmup_steps:
+        return DENSE_WARMUP
+    return SPARSE

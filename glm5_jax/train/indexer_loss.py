@@ -9,7 +9,9 @@ reaches it; it learns by distillation from the main attention (DeepSeek-V3.2, GL
   is KL(p_t || softmax(I_t)) over all keys t may attend to;
 * stage 2, sparse adaptation: attention is restricted to the indexer's top-k set S_t, and
   the loss is KL(p_t,S || softmax(I_t,S)) over S_t only, with the indexer's inputs detached
-  so this loss trains the indexer and nothing else.
+  so this loss trains the indexer and nothing else;
+* before DSA ("dense" stage: dense pretraining, everything trains) the indexer already
+  learns the stage-1 loss, inputs detached, so it starts stage 1 from a useful point.
 
 The model does not return its attention distributions or index scores, so this module
 recomputes them from the parameters: the training forward pass captures each layer's
@@ -35,7 +37,7 @@ from glm5_jax.model.attention import MLAttention
 from glm5_jax.model.indexer import index_scores, select_topk
 from glm5_jax.model.rope import apply_interleaved_rope
 from glm5_jax.model.sparse_attention import selection_mask
-from glm5_jax.train.experiment import DENSE_WARMUP
+from glm5_jax.train.experiment import SPARSE
 
 ATTENTION_INPUT = ("input_layernorm", "__call__")  # what the train step's capture filter keeps
 
@@ -89,10 +91,10 @@ def layer_indexer_terms(config: ModelConfig, stage: str, attn_params: Any, x: ja
     kv_len = x.shape[1]
     dense_target = head_mean_attention(logits, mask)
     indexer_selected = selection_mask(select_topk(scores, config.index_topk), kv_len) & mask
-    if stage == DENSE_WARMUP:
-        kl = kl_to_indexer(dense_target, scores, mask)
-    else:
+    if stage == SPARSE:
         kl = kl_to_indexer(head_mean_attention(logits, indexer_selected), scores, indexer_selected)
+    else:  # attention is dense: distil all of it
+        kl = kl_to_indexer(dense_target, scores, mask)
     dense_top = select_topk(jnp.where(mask, dense_target, -jnp.inf), config.index_topk)
     dense_selected = selection_mask(dense_top, kv_len)
     hits = jnp.sum(dense_selected & indexer_selected, axis=-1)

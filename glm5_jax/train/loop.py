@@ -24,7 +24,7 @@ from glm5_jax.sharding import activate
 from glm5_jax.train.checkpointing import Checkpointer
 from glm5_jax.train.experiment import stage_at
 from glm5_jax.train.flops import peak_flops_per_device, training_flops_per_token
-from glm5_jax.train.metrics_writer import MetricsWriter
+from glm5_jax.train.metrics_writer import MetricsWriter, summarize_window
 from glm5_jax.train.run_setup import Run, build_run
 from glm5_jax.train.train_state import TrainState
 
@@ -62,10 +62,6 @@ class Throughput:
         return summary
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {key: float(value) for key, value in jax.device_get(metrics).items()}
-
-
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None,
           run: Run | None = None) -> TrainResult:
@@ -96,16 +92,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
             _LOG.warning("resumed from step %d of %s", start, checkpoints.directory)
         end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
         writer = MetricsWriter(workdir, start, config.total_steps, config.progress_bar)
-        records = []
+        records, window = [], []
         for step in range(start + 1, end + 1):
             stage = stage_at(config, step)
             state, metrics = run.step_fn(stage)(state, run.to_device(next(iterator)))
+            window.append(metrics)  # device values: fetched only when logging
             throughput.step()
             writer.advance()
             if step % config.log_every == 0 or step == end:
-                record = {**_scalars(metrics), **throughput.summary(), "stage": stage}
+                record = {**summarize_window(jax.device_get(window)), **throughput.summary(),
+                          "stage": stage}
                 writer.write(step, record)
                 records.append({"step": step, **record})
+                window = []
             if step % config.checkpoint_every == 0 or step == end:
                 checkpoints.save(step, state, iterator)
         checkpoints.close()

@@ -1,5 +1,10 @@
 """Where metrics go: ``<workdir>/metrics.jsonl``, TensorBoard, and a terminal progress bar.
 
+A record at step N summarises the window of steps since the previous record: losses, norms,
+recall and load balance are window means (a single step's loss on varied code is too noisy
+to read a trend from), ``learning_rate`` and the counters are the values at step N, and
+``step_applied`` is the fraction of the window's steps that were applied.
+
 On resume from step N, lines with step > N (written by a run that died after its last
 checkpoint) are dropped from metrics.jsonl and TensorBoard events after N are purged, so the
 files read as one uninterrupted run. Only process 0 writes.
@@ -23,6 +28,20 @@ PROGRESS_FIELDS = (
     ("expert_load_max_over_mean", "load max/mean", "{:.2f}"),
     ("indexer_recall", "idx recall", "{:.2f}"),
 )
+
+
+LAST_VALUE_FIELDS = ("learning_rate", "skipped_steps")
+
+
+def summarize_window(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """One record from the per-step metrics (host scalars) of a logging window."""
+    summary = {}
+    for key in steps[-1]:
+        if key in LAST_VALUE_FIELDS:
+            summary[key] = float(steps[-1][key])
+        else:
+            summary[key] = float(sum(float(step[key]) for step in steps) / len(steps))
+    return summary
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

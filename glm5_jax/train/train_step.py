@@ -1,7 +1,7 @@
 """One training step: forward, losses, gradients (accumulated), optimizer, routing-bias rule.
 
 ``make_train_step`` returns a pure function ``(state, batch) -> (state, metrics)`` that the
-loop compiles once per DSA stage with named shardings. Inside:
+loop compiles once per attention stage (``experiment.STAGES``) with named shardings. Inside:
 
 1. The batch splits into ``grad_accum_steps`` micro-batches (row i goes to micro-batch
    i % accum, so every micro-batch is spread over all data-parallel devices). Each
@@ -10,13 +10,15 @@ loop compiles once per DSA stage with named shardings. Inside:
 2. The forward pass captures each layer's attention input and router outputs
    (``capture_intermediates``) for the indexer KL and the balance loss, beside the expert
    loads the MoE layers sow.
-3. The objective: stage "sparse" trains everything on CE + w_mtp * MTP + w_bal * balance +
-   w_idx * indexer KL; stage "dense_warmup" runs attention dense and trains only the indexer
-   on its KL (every other parameter is carried over unchanged, bit for bit).
+3. The objective: stages "dense" (dense attention) and "sparse" train everything on
+   CE + w_mtp * MTP + w_bal * balance + w_idx * indexer KL; stage "dense_warmup" runs
+   attention dense and trains only the indexer on its KL (every other parameter is carried
+   over unchanged, bit for bit).
 4. Non-finite loss or gradient norm: nothing is applied (parameters, optimizer state and
    routing biases stay as they were) and ``skipped_steps`` counts it. The learning-rate
    schedule follows applied updates, so a skip does not consume a schedule step.
-5. The routing biases move by the aux-loss-free rule (stage "sparse", applied steps only).
+5. The routing biases move by the aux-loss-free rule (applied steps of the stages that train
+   the model, not "dense_warmup").
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from flax import traverse_util
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.rope import rope_angles
 from glm5_jax.model.transformer import GLM5Model, attention_mask
-from glm5_jax.train.experiment import DENSE_WARMUP, SPARSE
+from glm5_jax.train.experiment import DENSE, DENSE_WARMUP
 from glm5_jax.train.indexer_loss import indexer_loss_and_recall
 from glm5_jax.train.losses import (
     cross_entropy,
@@ -58,18 +60,18 @@ def _capture(module: nn.Module, method_name: str) -> bool:
 
 
 def forward_config(model_config: ModelConfig, stage: str, seq_len: int) -> ModelConfig:
-    """Stage 1 runs attention dense: with index_topk >= seq_len every causal key is selected
-    (the model decides statically); the parameters are the same."""
-    if stage == DENSE_WARMUP:
+    """Dense stages run attention dense: with index_topk >= seq_len every causal key is
+    selected (the model decides statically); the parameters are the same."""
+    if stage in (DENSE, DENSE_WARMUP):
         return model_config.replace(index_topk=max(model_config.index_topk, seq_len))
     return model_config
 
 
 def trainable_mask(params: Any, stage: str) -> Any:
-    """Static tree of bools: which parameters the stage updates (stage 1: the indexers)."""
+    """Static tree of bools: which parameters the stage updates (dense_warmup: the indexers)."""
     flat = traverse_util.flatten_dict(params)
     return traverse_util.unflatten_dict(
-        {path: stage == SPARSE or "indexer" in path for path in flat})
+        {path: stage != DENSE_WARMUP or "indexer" in path for path in flat})
 
 
 def _router_outputs(intermediates: Any) -> list[tuple[jax.Array, jax.Array]]:
@@ -111,7 +113,7 @@ def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, s
             model_config, stage, params, intermediates, cos, sin, mask, loss_mask)
 
         indexer_term = config.indexer_loss_weight * terms["indexer_kl"]
-        if stage == SPARSE:
+        if stage != DENSE_WARMUP:
             objective = (terms["ce_loss"] + config.mtp_loss_weight * terms["mtp_loss"]
                          + config.balance_loss_weight * terms["balance_loss"] + indexer_term)
         else:
