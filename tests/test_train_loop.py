@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import pytest
 
+from glm5_jax.sample.checkpoint import load_tokenizer, load_train_workdir
 from glm5_jax.train.loop import train
 from glm5_jax.train.metrics_writer import read_metrics
 from glm5_jax.train.run_setup import build_run
@@ -140,6 +141,13 @@ def test_training_loop(corpus, tmp_path, caplog):
     assert expected_records[-1]["ce_loss"] < expected_records[0]["ce_loss"]
     assert _saved_steps(reference) == list(range(2, TOTAL_STEPS + 1, 2))
     assert any((reference / "tensorboard").iterdir())
+    model, variables = load_train_workdir(str(reference))  # what generate / glm5-eval load
+    assert model.config == one_device.model_config
+    tokenizer = load_tokenizer(str(reference))
+    assert max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1 == model.config.vocab_size
+    final = train(config, reference, run=one_device).state  # finished: restores, trains nothing
+    for loaded, trained in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(final.params)):
+        np.testing.assert_array_equal(loaded, trained)
     for line in (reference / "metrics.jsonl").read_text().splitlines():
         assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_second"} <= json.loads(line).keys()
 

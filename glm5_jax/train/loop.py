@@ -10,7 +10,9 @@ data iterator's position are all in the checkpoint, and the step is deterministi
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ import jax
 import ml_collections
 
 from glm5_jax.data.pipeline import make_train_iterator
+from glm5_jax.sample.checkpoint import MODEL_CONFIG_FILE, TOKENIZER_FILE
 from glm5_jax.sharding import activate
 from glm5_jax.train.checkpointing import Checkpointer
 from glm5_jax.train.experiment import stage_at
@@ -62,6 +65,15 @@ class Throughput:
         return summary
 
 
+def write_generation_files(workdir: Path, run: Run) -> None:
+    """The model config and tokenizer beside the checkpoints, so ``glm5_jax.generate`` and
+    ``glm5-eval`` can load the workdir as it is (``glm5_jax/sample/checkpoint.py``)."""
+    if jax.process_index() != 0:
+        return
+    (workdir / MODEL_CONFIG_FILE).write_text(json.dumps(run.model_config.to_dict(), indent=1))
+    shutil.copyfile(run.prepared.tokenizer_path, workdir / TOKENIZER_FILE)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None,
           run: Run | None = None) -> TrainResult:
@@ -71,6 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     run = build_run(config, devices) if run is None else run
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    write_generation_files(workdir, run)
     iterator = make_train_iterator(run.data_config, run.prepared)
     checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                config.async_checkpointing)
