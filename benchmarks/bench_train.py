@@ -43,7 +43,8 @@ def _median_seconds(fn, batches) -> float:
     return statistics.median(times)
 
 
-def benchmark(path: str, steps: int, overrides: dict, data_dir: str | None = None) -> dict:
+def benchmark(path: str, steps: int, overrides: dict, peak: tuple[float, str],
+              data_dir: str | None = None) -> dict:
     config = load_experiment(path, **overrides)
     if data_dir is not None:
         config.data.data_dir = data_dir
@@ -76,7 +77,7 @@ def benchmark(path: str, steps: int, overrides: dict, data_dir: str | None = Non
         step_s = statistics.median(step_times)
     tokens = config.batch_size * config.seq_len
     flops = training_flops_per_token(run.model_config, config.seq_len)
-    peak, source = peak_flops_per_device(config.peak_flops_per_device)
+    peak, source = peak
     counts = count_parameters(run.model_config)
     return {
         "config": Path(path).stem, "model": config.model, "total_params": counts["total"],
@@ -115,14 +116,21 @@ def main() -> None:
     overrides = {k: v for k, v in (("seq_len", args.seq_len), ("batch_size", args.batch_size))
                  if v is not None}
     results = []
+    peak = peak_flops_per_device()  # once, so every config's MFU has the same denominator
     for path in args.configs.split(","):
-        result = benchmark(path, args.steps, overrides, args.data_dir)
+        result = benchmark(path, args.steps, overrides, peak, args.data_dir)
         results.append(result)
         print(f"{path}: {result}", file=sys.stderr, flush=True)
-    print("| | " + " | ".join(r["config"] for r in results) + " |")
-    print("|---" * (len(results) + 1) + "|")
+    ratio = len(results) == 2  # the pair the issue asks for: ratio of the first to the second
+    header = [r["config"] for r in results] + ([f"{results[0]['config']} / {results[1]['config']}"] if ratio else [])
+    print("| | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
     for label, key, fmt in ROWS:
-        print(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in results) + " |")
+        cells = [fmt.format(r[key]) for r in results]
+        if ratio:
+            numeric = all(isinstance(r[key], (int, float)) for r in results) and results[1][key]
+            cells.append(f"{results[0][key] / results[1][key]:.2f}x" if numeric else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"\nPeak: {results[0]['peak']:.3g} FLOP/s per device ({results[0]['peak_source']}); "
           f"devices: {results[0]['devices']}; backend: {jax.default_backend()}; "
           f"compile seconds: " + "; ".join(f"{r['config']} {r['compile_s']}" for r in results))

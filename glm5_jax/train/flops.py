@@ -87,7 +87,7 @@ def training_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     return 3.0 * forward
 
 
-def measure_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+def measure_cpu_peak_flops(size: int = 1024, repeats: int = 20) -> float:
     """FLOP/s of a float32 [size, size] matmul on the first device, best of ``repeats``."""
     a = jnp.ones((size, size), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)

@@ -48,7 +48,7 @@ def init_train_state(model: GLM5Model, optimizer: optax.GradientTransformation, 
     variables = nn.meta.unbox(model.init(init_key, jnp.zeros((1, INIT_SEQ_LEN), jnp.int32)))
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), routing=variables["routing"],
+                      opt_state=optimizer.init(params), routing=variables.get("routing", {}),  # none in a dense model
                       rng=train_key, skipped_steps=jnp.zeros((), jnp.int32))
 
 
