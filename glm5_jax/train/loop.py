@@ -84,10 +84,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_generation_files(workdir, run)
+    # Before the data iterator exists: its prefetch threads would share the cores being timed.
+    peak, peak_source = peak_flops_per_device(config.peak_flops_per_device)
     iterator = make_train_iterator(run.data_config, run.prepared)
     checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                config.async_checkpointing)
-    peak, peak_source = peak_flops_per_device(config.peak_flops_per_device)
     throughput = Throughput(config.batch_size * config.seq_len,
                             training_flops_per_token(run.model_config, config.seq_len),
                             peak * run.mesh.size)

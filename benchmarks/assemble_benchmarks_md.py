@@ -1,0 +1,66 @@
+"""Rebuild BENCHMARKS.md from the per-area fragments in benchmarks/results/.
+
+    python benchmarks/assemble_benchmarks_md.py
+
+Each benchmark writes (or its author pastes) one fragment, `benchmarks/results/<area>.md`,
+with the command that produced its numbers. This script only concatenates them under one
+header, with an anchor per section and headings shifted so every fragment's first heading is
+a level-2 heading. Edit the fragments, never BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+SECTIONS = (  # (anchor, link text, fragment)
+    ("model", "model", "model.md"),
+    ("kernels", "kernels", "kernels.md"),
+    ("data", "data", "data.md"),
+    ("training", "training", "train.md"),
+    ("decode", "decode", "decode.md"),
+    ("evaluation-sandbox", "evaluation sandbox", "eval.md"),
+    ("agentic-rl", "agentic RL", "rl.md"),
+)
+
+HEADER = """# Benchmarks
+
+Every number here was produced by a script in `benchmarks/` (or a module named in its
+section) with the command shown in the section; this file is assembled from
+`benchmarks/results/*.md` by `benchmarks/assemble_benchmarks_md.py`. Machine for all of them:
+the shared 2-core development box, CPU only, no accelerator (this task was not lent a GPU);
+it was often loaded by parallel jobs, so read ratios measured side by side in one run, not
+absolute times. **GPU/TPU numbers are pending** for every kernel: the kernels were checked
+for correctness in interpret mode and for lowering to Mosaic (TPU) and Triton (GPU).
+"""
+
+
+def _shift_headings(text: str, top_level: int = 2) -> str:
+    """Shift markdown headings (not `#` lines inside ``` fences) so the first is top_level."""
+    lines, in_fence, shift = text.splitlines(), False, None
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            in_fence = not in_fence
+        match = None if in_fence else re.match(r"^(#+) ", line)
+        if match:
+            level = len(match.group(1))
+            shift = top_level - level if shift is None else shift
+            lines[i] = "#" * max(1, level + shift) + line[level:]
+    return "\n".join(lines)
+
+
+def assemble() -> str:
+    present = [(anchor, name, RESULTS / file) for anchor, name, file in SECTIONS
+               if (RESULTS / file).exists()]
+    parts = [HEADER, "Sections: " + ", ".join(f"[{name}](#{anchor})" for anchor, name, _ in present) + ".\n"]
+    for anchor, _, path in present:
+        parts.append(f'<a id="{anchor}"></a>\n\n' + _shift_headings(path.read_text()).rstrip() + "\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    (ROOT / "BENCHMARKS.md").write_text(assemble())
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
