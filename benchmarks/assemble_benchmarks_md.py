@@ -16,14 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-SECTIONS = (  # (anchor, link text, fragment)
-    ("model", "model", "model.md"),
-    ("kernels", "kernels", "kernels.md"),
-    ("data", "data", "data.md"),
-    ("training", "training", "train.md"),
-    ("decode", "decode", "decode.md"),
-    ("evaluation-sandbox", "evaluation sandbox", "eval.md"),
-    ("agentic-rl", "agentic RL", "rl.md"),
+SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand-written notes)
+    ("model", "model", ("model.md",)),
+    ("kernels", "kernels", ("kernels.md",)),
+    ("data", "data", ("data.md",)),
+    ("training", "training", ("train.md",)),
+    ("decode", "decode", ("decode.md",)),
+    ("evaluation-sandbox", "evaluation sandbox", ("eval.md",)),
+    ("agentic-rl", "agentic RL", ("rl.md", "rl_notes.md")),
 )
 
 HEADER = """# Benchmarks
@@ -53,11 +53,15 @@ def _shift_headings(text: str, top_level: int = 2) -> str:
 
 
 def assemble() -> str:
-    present = [(anchor, name, RESULTS / file) for anchor, name, file in SECTIONS
-               if (RESULTS / file).exists()]
+    present = [(anchor, name, [RESULTS / f for f in files if (RESULTS / f).exists()])
+               for anchor, name, files in SECTIONS]
+    present = [(anchor, name, paths) for anchor, name, paths in present if paths]
     parts = [HEADER, "Sections: " + ", ".join(f"[{name}](#{anchor})" for anchor, name, _ in present) + ".\n"]
-    for anchor, _, path in present:
-        parts.append(f'<a id="{anchor}"></a>\n\n' + _shift_headings(path.read_text()).rstrip() + "\n")
+    for anchor, _, paths in present:
+        # The first fragment's first heading is the section's (level 2); later fragments of
+        # the section start one level below it.
+        body = [_shift_headings(p.read_text(), 2 if i == 0 else 3).rstrip() for i, p in enumerate(paths)]
+        parts.append(f'<a id="{anchor}"></a>\n\n' + "\n\n".join(body) + "\n")
     return "\n".join(parts)
 
 

@@ -1,12 +1,13 @@
 """Asynchronous vs lock-step RL on the tiny preset: reward against wall-clock time and samples.
 
-    python benchmarks/bench_rl_async_vs_sync.py --steps 250 --workdir /tmp/glm5_rl_bench
-    python benchmarks/bench_rl_async_vs_sync.py --workdir /tmp/glm5_rl_bench --skip_run  # re-plot
+    python benchmarks/bench_rl_async_vs_sync.py --steps 250 --seeds 0,1,2 --workdir /tmp/glm5_rl_bench
+    python benchmarks/bench_rl_async_vs_sync.py --seeds 0,1,2 --workdir /tmp/glm5_rl_bench --skip_run
 
-Runs ``experiments/rl/tiny_async.py`` and ``tiny_sync.py`` one after the other (never at the
+For each seed (``--config.seed``: the warm start, the task draws and sampling all change),
+runs ``experiments/rl/tiny_async.py`` and ``tiny_sync.py`` one after the other (never at the
 same time: they would steal each other's cores), then prints time-to-target-reward for each,
 their ratio, and the ratio's ceiling on this machine, (generation + training) / max(both), from
-the lock-step run's own phase times. Writes the plot to
+the lock-step run's own phase times; a summary table gives every seed and the medians. Writes the plot to
 ``benchmarks/results/rl_async_vs_sync.svg`` and the table to ``benchmarks/results/rl.md``.
 
 The target is the warm-start reward plus ``--target_fraction`` of the way to the lower of the
@@ -111,37 +112,22 @@ def _cumulative(values: list[float]) -> list[float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="/tmp/glm5_rl_bench")
-    parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--target_fraction", type=float, default=0.7)
-    parser.add_argument("--skip_run", action="store_true")
-    parser.add_argument("--extra", nargs="*", default=[], help="more --config.* overrides for both")
-    args = parser.parse_args()
-    base = Path(args.workdir)
-    if not args.skip_run:
-        for mode in ("sync", "async"):
-            run(mode, base / mode, args.steps, args.extra)
-    runs = {mode: load(base / mode) for mode in ("async", "sync")}
-    smoothed = {m: smooth([r["reward"] for r in recs], args.window) for m, recs in runs.items()}
-    warm = sum(r["reward"] for r in runs["sync"][:args.window]) / min(args.window, len(runs["sync"]))
-    best = min(max(v[args.window - 1:]) for v in smoothed.values())
-    target = warm + args.target_fraction * (best - warm)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_svg(RESULTS / "rl_async_vs_sync.svg", runs, args.window, target)
-
-    rows, times = [], {}
+def analyse(runs: dict[str, list[dict]], window: int, target_fraction: float) -> dict:
+    """Time-to-target, its ratio and ceiling, and the table rows, for one seed's pair of runs."""
+    smoothed = {m: smooth([r["reward"] for r in recs], window) for m, recs in runs.items()}
+    warm = sum(r["reward"] for r in runs["sync"][:window]) / min(window, len(runs["sync"]))
+    best = min(max(v[window - 1:]) for v in smoothed.values())
+    target = warm + target_fraction * (best - warm)
+    rows, times, samples_to = [], {}, {}
     for mode, records in runs.items():
         wall = [r["wall_time"] for r in records]
         samples = _cumulative([r["samples"] for r in records])
-        times[mode] = first_reaching(wall, smoothed[mode], target, args.window)
-        reached_at = first_reaching(samples, smoothed[mode], target, args.window)
+        times[mode] = first_reaching(wall, smoothed[mode], target, window)
+        samples_to[mode] = first_reaching(samples, smoothed[mode], target, window)
         last = records[-1]
-        final_pass = sum(r["pass_rate"] for r in records[-args.window:]) / args.window
+        final_pass = sum(r["pass_rate"] for r in records[-window:]) / window
         rows.append(
-            f"| {mode} | {len(records)} | {wall[-1]:.0f} | {_fmt(times[mode])} | {_fmt(reached_at, 0)} | "
+            f"| {mode} | {len(records)} | {wall[-1]:.0f} | {_fmt(times[mode])} | {_fmt(samples_to[mode], 0)} | "
             f"{smoothed[mode][-1]:.3f} | {final_pass:.2f} | "
             f"{last['learner_idle_fraction']:.2f} | {last['worker_utilisation']:.2f} | "
             f"{last['tokens_per_s/generated']:.0f} | {last['tokens_per_s/trained']:.0f} | "
@@ -149,31 +135,99 @@ def main() -> None:
     sync = runs["sync"]
     generate = sum(r["wait_s"] for r in sync) / len(sync)
     train_s = sum(r["train_s"] for r in sync) / len(sync)
-    ceiling = (generate + train_s) / max(generate, train_s)
-    ratio = times["sync"] / times["async"] if times["sync"] and times["async"] else None
     budget = min(runs[m][-1]["wall_time"] for m in runs)
-    at_budget = {m: _value_at([r["wall_time"] for r in runs[m]], smoothed[m], budget) for m in runs}
-    steps_per_s = {m: len(runs[m]) / runs[m][-1]["wall_time"] for m in runs}
-    lines = [
-        "## Asynchronous vs lock-step RL (tiny preset, CPU)", "",
-        f"Command: `python benchmarks/bench_rl_async_vs_sync.py --steps {args.steps} "
-        f"--workdir {args.workdir}`{' ' + ' '.join(args.extra) if args.extra else ''}", "",
-        "Plot: `benchmarks/results/rl_async_vs_sync.svg` (reward against wall-clock time and "
-        "against samples).", "",
-        f"Warm-start reward (first {args.window} lock-step steps): {warm:.3f}; target "
-        f"{target:.3f} ({args.target_fraction:.0%} of the way to the lower run's best "
-        f"{args.window}-step mean, {best:.3f}).", "",
+    return {
+        "warm": warm, "best": best, "target": target, "rows": rows, "times": times,
+        "samples_to": samples_to, "generate": generate, "train": train_s,
+        "ceiling": (generate + train_s) / max(generate, train_s),
+        "ratio": times["sync"] / times["async"] if times["sync"] and times["async"] else None,
+        "budget": budget,
+        "at_budget": {m: _value_at([r["wall_time"] for r in runs[m]], smoothed[m], budget) for m in runs},
+        "final": {m: smoothed[m][-1] for m in runs},
+        "steps_per_s": {m: len(runs[m]) / runs[m][-1]["wall_time"] for m in runs},
+    }
+
+
+def seed_section(seed: int, a: dict, window: int, target_fraction: float) -> list[str]:
+    return [
+        f"### Seed {seed}", "",
+        f"Warm-start reward (first {window} lock-step steps): {a['warm']:.3f}; target "
+        f"{a['target']:.3f} ({target_fraction:.0%} of the way to the lower run's best "
+        f"{window}-step mean, {a['best']:.3f}).", "",
         "| mode | steps | wall s | time to target s | samples to target | final reward | final pass rate "
         "| learner idle | worker util | gen tok/s | trained tok/s | dropped | staleness (all steps) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-        f"Time-to-target ratio sync/async: **{_fmt(ratio, 2)}x**. Ceiling from the lock-step run's "
-        f"phases: generation {generate:.2f}s + training {train_s:.2f}s per step -> "
-        f"(g + t) / max(g, t) = **{ceiling:.2f}x**. Learner steps per second: async "
-        f"{steps_per_s['async']:.2f}, sync {steps_per_s['sync']:.2f} "
-        f"(**{steps_per_s['async'] / steps_per_s['sync']:.2f}x**).",
-        "",
-        f"Reward ({args.window}-step mean) at an equal wall-clock budget of {budget:.0f}s: async "
-        f"{at_budget['async']:.3f}, sync {at_budget['sync']:.3f}.", ""]
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *a["rows"], "",
+        f"Time-to-target ratio sync/async: **{_fmt(a['ratio'], 2)}x**. Ceiling from the lock-step "
+        f"run's phases: generation {a['generate']:.2f}s + training {a['train']:.2f}s per step -> "
+        f"(g + t) / max(g, t) = **{a['ceiling']:.2f}x**. Learner steps per second: async "
+        f"{a['steps_per_s']['async']:.2f}, sync {a['steps_per_s']['sync']:.2f} "
+        f"(**{a['steps_per_s']['async'] / a['steps_per_s']['sync']:.2f}x**).", "",
+        f"Reward ({window}-step mean) at an equal wall-clock budget of {a['budget']:.0f}s: async "
+        f"{a['at_budget']['async']:.3f}, sync {a['at_budget']['sync']:.3f}.", ""]
+
+
+def summary_section(results: dict[int, dict]) -> list[str]:
+    """One row per seed and the medians: the numbers to quote."""
+    def median(values):
+        values = sorted(v for v in values if v is not None)
+        if not values:
+            return None
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    columns = {
+        "time-to-target ratio sync/async": lambda a: a["ratio"],
+        "ceiling (g+t)/max(g,t)": lambda a: a["ceiling"],
+        "learner steps/s async/sync": lambda a: a["steps_per_s"]["async"] / a["steps_per_s"]["sync"],
+        "reward at equal budget, async - sync": lambda a: a["at_budget"]["async"] - a["at_budget"]["sync"],
+        "final reward async": lambda a: a["final"]["async"],
+        "final reward sync": lambda a: a["final"]["sync"],
+        "warm start": lambda a: a["warm"],
+    }
+    lines = ["| seed | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for seed, a in results.items():
+        lines.append(f"| {seed} | " + " | ".join(_fmt(f(a), 2) for f in columns.values()) + " |")
+    lines.append("| **median** | " + " | ".join(
+        f"**{_fmt(median([f(a) for a in results.values()]), 2)}**" for f in columns.values()) + " |")
+    return lines + [""]
+
+
+def seed_workdir(base: Path, seed: int) -> Path:
+    return base / f"seed{seed}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default="/tmp/glm5_rl_bench")
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--seeds", default="0", help="comma-separated; each seed runs both modes")
+    parser.add_argument("--window", type=int, default=20)
+    parser.add_argument("--target_fraction", type=float, default=0.7)
+    parser.add_argument("--skip_run", action="store_true", help="re-analyse the runs already in --workdir")
+    parser.add_argument("--extra", nargs="*", default=[], help="more --config.* overrides for both")
+    args = parser.parse_args()
+    base = Path(args.workdir)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = {}
+    for seed in seeds:
+        directory = seed_workdir(base, seed)
+        if not args.skip_run:
+            for mode in ("sync", "async"):
+                run(mode, directory / mode, args.steps, [f"--config.seed={seed}", *args.extra])
+        runs = {mode: load(directory / mode) for mode in ("async", "sync")}
+        results[seed] = analyse(runs, args.window, args.target_fraction)
+        if seed == seeds[0]:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            write_svg(RESULTS / "rl_async_vs_sync.svg", runs, args.window, results[seed]["target"])
+    lines = [
+        "## Asynchronous vs lock-step RL (tiny preset, CPU)", "",
+        f"Command: `python benchmarks/bench_rl_async_vs_sync.py --steps {args.steps} --seeds {args.seeds} "
+        f"--workdir {args.workdir}`{' ' + ' '.join(args.extra) if args.extra else ''}", "",
+        f"Plot (seed {seeds[0]}): `benchmarks/results/rl_async_vs_sync.svg` (reward against wall-clock "
+        "time and against samples).", "",
+        *summary_section(results)]
+    for seed, a in results.items():
+        lines += seed_section(seed, a, args.window, args.target_fraction)
     text = "\n".join(lines)
     print(text)
     (RESULTS / "rl.md").write_text(text)

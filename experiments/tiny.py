@@ -20,7 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Model: a preset from glm5_jax.config plus field overrides. vocab_size always comes from
     # the tokenizer (an override of it is an error).
     config.model = "tiny"
-    config.model_overrides = ml_collections.ConfigDict()
+    # CPU: the MoE's padded-block grouped matmul costs the chosen experts only (jax's CPU
+    # ragged_dot multiplies every token by every expert); use "ragged_dot" or "pallas" on GPU/TPU.
+    config.model_overrides = ml_collections.ConfigDict({"moe_impl": "blocked"})
     config.compute_dtype = "float32"  # "bfloat16" on accelerators; float32 is faster on CPU
     config.param_dtype = "float32"  # master weights
 

@@ -17,7 +17,7 @@ MLP_LAYER_TYPES = ("dense", "sparse")
 INDEXER_TYPES = ("full", "shared")
 ROUTER_MODES = ("static", "dynamic")
 ATTENTION_IMPLS = ("masked_dense", "gather", "pallas")
-MOE_IMPLS = ("ragged_dot", "pallas")
+MOE_IMPLS = ("ragged_dot", "pallas", "blocked")
 DTYPES = ("float32", "bfloat16", "float16")
 ACTIVATIONS = ("silu",)
 

@@ -1,8 +1,9 @@
 """Dropless mixture of experts: routed experts via grouped matmul plus a shared expert.
 
 Every (token, slot) pair is a row; rows are sorted by expert so each expert multiplies one
-contiguous block (``jax.lax.ragged_dot``, or with ``moe_impl="pallas"`` the Pallas grouped matmul,
-expert-parallel under a mesh: see kernel_dispatch.routed_experts).
+contiguous block (``jax.lax.ragged_dot``; with ``moe_impl="pallas"`` the Pallas grouped matmul,
+expert-parallel under a mesh: see kernel_dispatch.routed_experts; with ``moe_impl="blocked"``
+padded blocks of rows, the CPU path at active cost: see blocked_experts).
 Rows whose expert id is ``n_routed_experts`` (slots dropped by dynamic routing) sort last, lie
 beyond sum(group_sizes) and produce zeros. Per-expert load and active experts per token are
 sown into ``intermediates`` for the balancing rule and compute accounting.
@@ -16,6 +17,7 @@ from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import kernel_dispatch
+from glm5_jax.model.blocked_experts import block_layout
 from glm5_jax.model.linear import dtype_of
 from glm5_jax.model.mlp import MLP
 from glm5_jax.model.router import Router
@@ -45,9 +47,16 @@ class RoutedExperts(nn.Module):
         order = jnp.argsort(flat_ids, stable=True)
         rows = x[order // k].astype(dt)  # [tokens * k, d], grouped by expert
         group_sizes = jnp.bincount(flat_ids, length=e).astype(jnp.int32)
-        gate = jax.lax.ragged_dot(rows, wi_gate.astype(dt), group_sizes)
-        up = jax.lax.ragged_dot(rows, wi_up.astype(dt), group_sizes)
-        out_rows = jax.lax.ragged_dot(nn.silu(gate) * up, wo.astype(dt), group_sizes)
+        if c.moe_impl == "blocked":
+            layout = block_layout(group_sizes, rows.shape[0])
+            blocks = layout.to_blocks(rows)
+            gate = layout.matmul(blocks, wi_gate.astype(dt))
+            up = layout.matmul(blocks, wi_up.astype(dt))
+            out_rows = layout.from_blocks(layout.matmul(nn.silu(gate) * up, wo.astype(dt)))
+        else:
+            gate = jax.lax.ragged_dot(rows, wi_gate.astype(dt), group_sizes)
+            up = jax.lax.ragged_dot(rows, wi_up.astype(dt), group_sizes)
+            out_rows = jax.lax.ragged_dot(nn.silu(gate) * up, wo.astype(dt), group_sizes)
         unsorted = jnp.zeros_like(out_rows).at[order].set(out_rows).reshape(tokens, k, d)
         return jnp.einsum("tkd,tk->td", unsorted, weights.astype(dt))
 
