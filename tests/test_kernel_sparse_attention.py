@@ -14,7 +14,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from pallas_kernels.indexer_scores import indexer_scores, select_topk
@@ -27,9 +27,12 @@ from pallas_kernels.testing import assert_close, scaled_error, tolerance
 
 
 def slow(max_examples: int) -> settings:
-    """Few examples, no deadline: each new shape compiles an interpreted kernel."""
+    """Few examples, no deadline: each new shape compiles an interpreted kernel. No shrinking:
+    it recompiles a kernel per attempt (over 5 minutes on CI); the failing case is printed
+    whole, with the seed to reproduce it."""
     return settings(max_examples=max_examples, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+                    suppress_health_check=list(HealthCheck), print_blob=True,
+                    phases=[Phase.explicit, Phase.generate])
 
 
 def numpy_sparse_attention(q, k, v, idx, scale):
@@ -96,6 +99,12 @@ def cases(draw):
     }
 
 
+CANCELLING_GRADIENTS = {  # found on CI: 36 slots over 10 keys, bf16 (ds rounded to bf16 failed)
+    "seed": 13416777, "batch": 1, "q_len": 1, "kv_len": 10, "heads": 4, "shared_kv": False,
+    "d_qk": 35, "d_v": 16, "topk": 36, "invalid": 0.3, "duplicates": False,
+    "dtype": jnp.bfloat16}
+
+
 def forward_and_vjp(fn, args, cotangents):
     @jax.jit
     def run(q, k, v, idx, d_out, d_lse):
@@ -139,12 +148,14 @@ def test_reference_matches_numpy_loop(case):
 
 
 @slow(4)
+@example(case=CANCELLING_GRADIENTS, block_k=8)
 @given(case=cases(), block_k=st.sampled_from([8, 16]))
 def test_tpu_formulation_matches_reference(case, block_k):
     check_kernel(case, "cpu", block_k)
 
 
 @slow(3)
+@example(case=CANCELLING_GRADIENTS, block_k=16)
 @given(case=cases(), block_k=st.sampled_from([16, 32]))
 def test_gpu_formulation_matches_reference(case, block_k):
     check_kernel(case, "gpu", block_k)
