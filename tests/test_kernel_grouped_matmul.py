@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from kernel_hypothesis import slow
 
 from pallas_kernels.grouped_matmul import grouped_matmul, grouped_matmul_reference
 from pallas_kernels.poison import poisoned_outputs
@@ -24,12 +25,6 @@ from pallas_kernels.testing import (
     scaled_error,
     tolerance,
 )
-
-
-def slow(max_examples: int) -> settings:
-    """Few examples, no deadline: each new shape compiles an interpreted kernel."""
-    return settings(max_examples=max_examples, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
 
 
 def numpy_grouped_matmul(lhs, rhs, group_sizes, group_offset):

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from kernel_hypothesis import slow
 
 from pallas_kernels.indexer_scores import (
     indexer_scores,
@@ -20,12 +21,6 @@ from pallas_kernels.indexer_scores import (
 )
 from pallas_kernels.poison import poisoned_outputs
 from pallas_kernels.testing import assert_close, scaled_error, tolerance
-
-
-def slow(max_examples: int) -> settings:
-    """Few examples, no deadline: each new shape compiles an interpreted kernel."""
-    return settings(max_examples=max_examples, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
 
 
 def numpy_indexer_scores(q, k, w, causal, q_offset):

@@ -14,8 +14,9 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
+from kernel_hypothesis import slow
 
 from pallas_kernels.indexer_scores import indexer_scores, select_topk
 from pallas_kernels.poison import poisoned_outputs
@@ -24,15 +25,6 @@ from pallas_kernels.sparse_attention import (
     sparse_topk_attention_reference,
 )
 from pallas_kernels.testing import assert_close, scaled_error, tolerance
-
-
-def slow(max_examples: int) -> settings:
-    """Few examples, no deadline: each new shape compiles an interpreted kernel. No shrinking:
-    it recompiles a kernel per attempt (over 5 minutes on CI); the failing case is printed
-    whole, with the seed to reproduce it."""
-    return settings(max_examples=max_examples, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck), print_blob=True,
-                    phases=[Phase.explicit, Phase.generate])
 
 
 def numpy_sparse_attention(q, k, v, idx, scale):
