@@ -1,8 +1,8 @@
 """Training throughput, MFU and the step-time split (forward / backward / optimizer) for
 experiment configs, printed side by side as a markdown table.
 
-    python benchmarks/bench_train.py \
-        --configs experiments/tiny.py,experiments/dense_baseline.py --steps 20
+    python benchmarks/bench_train.py --steps 20 \
+        --configs experiments/tiny.py,experiments/dense_baseline.py,experiments/tiny.py@moe_impl=ragged_dot
 
 Each config is built exactly as the main job builds it (``build_run``: the same corpus,
 tokenizer, mesh and compiled step) and timed on real batches already on the device, so the
@@ -51,9 +51,19 @@ def _median_seconds(fn, batches) -> float:
     return statistics.median(times)
 
 
-def benchmark(path: str, steps: int, overrides: dict, peak: tuple[float, str],
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """"experiments/tiny.py@moe_impl=ragged_dot" -> (path, model overrides)."""
+    path, *pairs = spec.split("@")
+    model_overrides = dict(pair.split("=", 1) for pair in pairs)
+    return path, model_overrides
+
+
+def benchmark(spec: str, steps: int, overrides: dict, peak: tuple[float, str],
               data_dir: str | None = None) -> dict:
+    path, model_overrides = parse_spec(spec)
     config = load_experiment(path, **overrides)
+    for key, value in model_overrides.items():
+        config.model_overrides[key] = value
     if data_dir is not None:
         config.data.data_dir = data_dir
     run = build_run(config)
@@ -93,7 +103,8 @@ def benchmark(path: str, steps: int, overrides: dict, peak: tuple[float, str],
     peak, source = peak
     counts = count_parameters(run.model_config)
     return {
-        "config": Path(path).stem, "model": config.model, "total_params": counts["total"],
+        "config": Path(path).stem + "".join(f"@{k}={v}" for k, v in model_overrides.items()),
+        "model": config.model, "total_params": counts["total"],
         "active_params": counts["active_per_token"], "flops_per_token": flops,
         "tokens_per_step": tokens, "step_ms": 1e3 * step_s, "tokens_per_second": tokens / step_s,
         "mfu": tokens / step_s * flops / (peak * run.mesh.size), "peak": peak, "peak_source": source,
@@ -121,7 +132,9 @@ ROWS = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="experiments/tiny.py,experiments/dense_baseline.py")
+    parser.add_argument("--configs", default="experiments/tiny.py,experiments/dense_baseline.py",
+                        help="comma-separated experiment files; PATH@field=value overrides a "
+                             "model field, e.g. experiments/tiny.py@moe_impl=ragged_dot")
     parser.add_argument("--steps", type=int, default=20, help="timed calls per program")
     parser.add_argument("--seq_len", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=None)
@@ -135,15 +148,16 @@ def main() -> None:
         result = benchmark(path, args.steps, overrides, peak, args.data_dir)
         results.append(result)
         print(f"{path}: {result}", file=sys.stderr, flush=True)
-    ratio = len(results) == 2  # the pair the issue asks for: ratio of the first to the second
-    header = [r["config"] for r in results] + ([f"{results[0]['config']} / {results[1]['config']}"] if ratio else [])
+    # Ratios of the first config to each other one (the issue's pair: tiny / dense_baseline).
+    first, others = results[0], results[1:]
+    header = [r["config"] for r in results] + [f"{first['config']} / {r['config']}" for r in others]
     print("| | " + " | ".join(header) + " |")
     print("|---" * (len(header) + 1) + "|")
     for label, key, fmt in ROWS:
         cells = [fmt.format(r[key]) for r in results]
-        if ratio:
-            numeric = all(isinstance(r[key], (int, float)) for r in results) and results[1][key]
-            cells.append(f"{results[0][key] / results[1][key]:.2f}x" if numeric else "")
+        for other in others:
+            numeric = isinstance(first[key], (int, float)) and isinstance(other[key], (int, float))
+            cells.append(f"{first[key] / other[key]:.2f}x" if numeric and other[key] else "")
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"\nPeak: {results[0]['peak']:.3g} FLOP/s per device ({results[0]['peak_source']}); "
           f"devices: {results[0]['devices']}; backend: {jax.default_backend()}; "

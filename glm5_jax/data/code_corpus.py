@@ -28,7 +28,7 @@ from glm5_jax.data.python_sources import (
 )
 from glm5_jax.data.tfds_build import prepare_offline
 
-CODE_CORPUS_VERSION = "1.0.0"
+CODE_CORPUS_VERSION = "1.1.0"  # bump when the file selection changes: old builds are not reused
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,7 +65,8 @@ class PythonCode(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(CODE_CORPUS_VERSION)
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        CODE_CORPUS_VERSION: "Standard library and site-packages sources."
+        "1.0.0": "Standard library and site-packages sources.",
+        "1.1.0": "Whitespace-only files are skipped.",
     }
 
     def _info(self) -> tfds.core.DatasetInfo:
