@@ -23,7 +23,7 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("training", "training", ("train.md",)),
     ("decode", "decode", ("decode.md",)),
     ("evaluation-sandbox", "evaluation sandbox", ("eval.md",)),
-    ("agentic-rl", "agentic RL", ("rl.md", "rl_notes.md")),
+    ("agentic-rl", "agentic RL", ("rl.md", "rl_staleness1.md", "rl_notes.md")),
 )
 
 HEADER = """# Benchmarks

@@ -205,6 +205,9 @@ def main() -> None:
     parser.add_argument("--target_fraction", type=float, default=0.7)
     parser.add_argument("--skip_run", action="store_true", help="re-analyse the runs already in --workdir")
     parser.add_argument("--extra", nargs="*", default=[], help="more --config.* overrides for both")
+    parser.add_argument("--results_name", default="rl",
+                        help="writes benchmarks/results/NAME.md and NAME_async_vs_sync.svg")
+    parser.add_argument("--title", default="Asynchronous vs lock-step RL (tiny preset, CPU)")
     args = parser.parse_args()
     base = Path(args.workdir)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -218,19 +221,23 @@ def main() -> None:
         results[seed] = analyse(runs, args.window, args.target_fraction)
         if seed == seeds[0]:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            write_svg(RESULTS / "rl_async_vs_sync.svg", runs, args.window, results[seed]["target"])
+            write_svg(RESULTS / f"{args.results_name}_async_vs_sync.svg", runs, args.window,
+                      results[seed]["target"])
+    command = " ".join(["python benchmarks/bench_rl_async_vs_sync.py", f"--steps {args.steps}",
+                        f"--seeds {args.seeds}", f"--workdir {args.workdir}"]
+                       + ([f"--results_name {args.results_name}"] if args.results_name != "rl" else [])
+                       + ([f"--extra {' '.join(args.extra)}"] if args.extra else []))
     lines = [
-        "## Asynchronous vs lock-step RL (tiny preset, CPU)", "",
-        f"Command: `python benchmarks/bench_rl_async_vs_sync.py --steps {args.steps} --seeds {args.seeds} "
-        f"--workdir {args.workdir}`{' ' + ' '.join(args.extra) if args.extra else ''}", "",
-        f"Plot (seed {seeds[0]}): `benchmarks/results/rl_async_vs_sync.svg` (reward against wall-clock "
-        "time and against samples).", "",
+        f"## {args.title}", "",
+        f"Command: `{command}`", "",
+        f"Plot (seed {seeds[0]}): `benchmarks/results/{args.results_name}_async_vs_sync.svg` "
+        "(reward against wall-clock time and against samples).", "",
         *summary_section(results)]
     for seed, a in results.items():
         lines += seed_section(seed, a, args.window, args.target_fraction)
     text = "\n".join(lines)
     print(text)
-    (RESULTS / "rl.md").write_text(text)
+    (RESULTS / f"{args.results_name}.md").write_text(text)
 
 
 def _value_at(xs: list[float], ys: list[float], x: float) -> float:
