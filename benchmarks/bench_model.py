@@ -138,7 +138,10 @@ def part_a(args) -> dict:
     transformers.utils.logging.disable_progress_bar()
     config = presets.tiny()
     impls = args.ours_impls.split(",")
-    models = {impl: glm5_jax.GLM5Model(config.replace(attention_impl=impl)) for impl in impls}
+    # "ATTENTION[+MOE]": e.g. "masked_dense+blocked" also sets moe_impl.
+    models = {impl: glm5_jax.GLM5Model(config.replace(
+        attention_impl=impl.split("+")[0],
+        moe_impl=impl.split("+")[1] if "+" in impl else config.moe_impl)) for impl in impls}
     variables = glm5_jax.init_variables(models[impls[0]], jax.random.PRNGKey(0))
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
@@ -443,7 +446,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=4, help="(a) interleaved timing rounds")
     p.add_argument("--torch-threads", type=ints, default=[1, 2], help="(a) torch thread counts")
     p.add_argument("--ours-impls", default="masked_dense",
-                   help="(a) our attention_impl values, e.g. masked_dense,gather (each compiles ~1 min)")
+                   help="(a) our attention_impl values, e.g. masked_dense,gather (each compiles ~1 min); "
+                   "ATTENTION+MOE also sets moe_impl, e.g. masked_dense+blocked")
     p.add_argument("--omp-passive", action="store_true",
                    help="(a) set OMP_WAIT_POLICY=PASSIVE before torch loads (idle OpenMP threads sleep "
                    "instead of spinning; matters for torch threads > 1 on a busy machine)")
