@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -93,8 +94,8 @@ def write_svg(path: Path, runs: dict[str, list[dict]], window: int, target: floa
     by_samples = {m: (_cumulative([r["samples"] for r in recs]), rewards[m]) for m, recs in runs.items()}
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="900" height="360" font-family="sans-serif">',
              '<rect width="100%" height="100%" fill="white"/>',
-             f'<text x="450" y="20" font-size="14" text-anchor="middle">Tiny GLM-5 policy, code tasks: '
-             f'mean reward ({window}-step moving average); dashed: target {target:.2f}</text>']
+             (f'<text x="450" y="20" font-size="14" text-anchor="middle">Tiny GLM-5 policy, code tasks: '
+             f'mean reward ({window}-step moving average); dashed: target {target:.2f}</text>')]
     parts += svg_panel(by_time, "wall-clock seconds", (70, 40), (360, 260), y_range, target)
     parts += svg_panel(by_samples, "samples trained on", (510, 40), (360, 260), y_range, target)
     for i, name in enumerate(runs):
@@ -151,29 +152,26 @@ def analyse(runs: dict[str, list[dict]], window: int, target_fraction: float) ->
 def seed_section(seed: int, a: dict, window: int, target_fraction: float) -> list[str]:
     return [
         f"### Seed {seed}", "",
-        f"Warm-start reward (first {window} lock-step steps): {a['warm']:.3f}; target "
+        (f"Warm-start reward (first {window} lock-step steps): {a['warm']:.3f}; target "
         f"{a['target']:.3f} ({target_fraction:.0%} of the way to the lower run's best "
-        f"{window}-step mean, {a['best']:.3f}).", "",
-        "| mode | steps | wall s | time to target s | samples to target | final reward | final pass rate "
-        "| learner idle | worker util | gen tok/s | trained tok/s | dropped | staleness (all steps) |",
+        f"{window}-step mean, {a['best']:.3f})."), "",
+        ("| mode | steps | wall s | time to target s | samples to target | final reward | final pass rate "
+        "| learner idle | worker util | gen tok/s | trained tok/s | dropped | staleness (all steps) |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *a["rows"], "",
-        f"Time-to-target ratio sync/async: **{_fmt(a['ratio'], 2)}x**. Ceiling from the lock-step "
+        (f"Time-to-target ratio sync/async: **{_fmt(a['ratio'], 2)}x**. Ceiling from the lock-step "
         f"run's phases: generation {a['generate']:.2f}s + training {a['train']:.2f}s per step -> "
         f"(g + t) / max(g, t) = **{a['ceiling']:.2f}x**. Learner steps per second: async "
         f"{a['steps_per_s']['async']:.2f}, sync {a['steps_per_s']['sync']:.2f} "
-        f"(**{a['steps_per_s']['async'] / a['steps_per_s']['sync']:.2f}x**).", "",
-        f"Reward ({window}-step mean) at an equal wall-clock budget of {a['budget']:.0f}s: async "
-        f"{a['at_budget']['async']:.3f}, sync {a['at_budget']['sync']:.3f}.", ""]
+        f"(**{a['steps_per_s']['async'] / a['steps_per_s']['sync']:.2f}x**)."), "",
+        (f"Reward ({window}-step mean) at an equal wall-clock budget of {a['budget']:.0f}s: async "
+        f"{a['at_budget']['async']:.3f}, sync {a['at_budget']['sync']:.3f}."), ""]
 
 
 def summary_section(results: dict[int, dict]) -> list[str]:
     """One row per seed and the medians: the numbers to quote."""
     def median(values):
-        values = sorted(v for v in values if v is not None)
-        if not values:
-            return None
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        values = [v for v in values if v is not None]  # None: a run that never reached target
+        return statistics.median(values) if values else None
 
     columns = {
         "time-to-target ratio sync/async": lambda a: a["ratio"],
@@ -230,8 +228,8 @@ def main() -> None:
     lines = [
         f"## {args.title}", "",
         f"Command: `{command}`", "",
-        f"Plot (seed {seeds[0]}): `benchmarks/results/{args.results_name}_async_vs_sync.svg` "
-        "(reward against wall-clock time and against samples).", "",
+        (f"Plot (seed {seeds[0]}): `benchmarks/results/{args.results_name}_async_vs_sync.svg` "
+        "(reward against wall-clock time and against samples)."), "",
         *summary_section(results)]
     for seed, a in results.items():
         lines += seed_section(seed, a, args.window, args.target_fraction)

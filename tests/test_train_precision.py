@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import pytest
 
@@ -26,11 +27,8 @@ def _dot_dtypes(jaxpr) -> Counter:
     for equation in jaxpr.eqns:
         if equation.primitive.name in ("dot_general", "ragged_dot"):
             found[str(equation.invars[0].aval.dtype)] += 1
-        for param in equation.params.values():
-            for sub in (param if isinstance(param, (list, tuple)) else [param]):
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None:
-                    found += _dot_dtypes(getattr(inner, "jaxpr", inner))
+        for sub in jax.extend.core.jaxprs_in_params(equation.params):
+            found += _dot_dtypes(sub)
     return found
 
 

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from glm5_jax.train.losses import masked_mean  # the mean over loss-mask tokens
+
 OBJECTIVES = ("direct_double_sided", "decoupled", "truncated_is")
 
 
@@ -33,11 +35,6 @@ class ObjectiveOutput(NamedTuple):
     loss: jax.Array  # scalar
     kept_fraction: jax.Array  # share of policy tokens that carry gradient (not IS-masked/clipped)
     mean_ratio: jax.Array  # mean pi_theta / pi_rollout over policy tokens
-
-
-def _token_mean(values: jax.Array, loss_mask: jax.Array) -> jax.Array:
-    mask = loss_mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def rollout_ratio(logprobs: jax.Array, rollout_logprobs: jax.Array) -> jax.Array:
@@ -58,8 +55,8 @@ def direct_double_sided_loss(logprobs: jax.Array, rollout_logprobs: jax.Array,
     ratio = rollout_ratio(logprobs, rollout_logprobs)
     keep = double_sided_mask(ratio, eps_low, eps_high) & (loss_mask > 0)
     per_token = jnp.where(keep, -ratio * advantages, 0.0)
-    return ObjectiveOutput(_token_mean(per_token, loss_mask), _token_mean(keep, loss_mask),
-                           _token_mean(jax.lax.stop_gradient(ratio), loss_mask))
+    return ObjectiveOutput(masked_mean(per_token, loss_mask), masked_mean(keep, loss_mask),
+                           masked_mean(jax.lax.stop_gradient(ratio), loss_mask))
 
 
 def decoupled_loss(logprobs: jax.Array, proximal_logprobs: jax.Array,
@@ -79,8 +76,8 @@ def decoupled_loss(logprobs: jax.Array, proximal_logprobs: jax.Array,
     per_token = -weight * jnp.minimum(unclipped, clipped)
     # A token carries gradient unless the clipped branch won (that branch is constant in theta).
     live = (unclipped <= clipped) | ((ratio >= 1.0 - clip_eps) & (ratio <= 1.0 + clip_eps))
-    return ObjectiveOutput(_token_mean(per_token, loss_mask), _token_mean(live, loss_mask),
-                           _token_mean(jax.lax.stop_gradient(ratio * weight), loss_mask))
+    return ObjectiveOutput(masked_mean(per_token, loss_mask), masked_mean(live, loss_mask),
+                           masked_mean(jax.lax.stop_gradient(ratio * weight), loss_mask))
 
 
 def truncated_is_loss(logprobs: jax.Array, rollout_logprobs: jax.Array, advantages: jax.Array,
@@ -90,8 +87,8 @@ def truncated_is_loss(logprobs: jax.Array, rollout_logprobs: jax.Array, advantag
     weight = jnp.minimum(ratio, cap)
     per_token = -weight * advantages * logprobs
     kept = jnp.ones_like(ratio, dtype=bool)
-    return ObjectiveOutput(_token_mean(per_token, loss_mask), _token_mean(kept, loss_mask),
-                           _token_mean(ratio, loss_mask))
+    return ObjectiveOutput(masked_mean(per_token, loss_mask), masked_mean(kept, loss_mask),
+                           masked_mean(ratio, loss_mask))
 
 
 def reference_kl(logprobs: jax.Array, reference_logprobs: jax.Array,
@@ -101,7 +98,7 @@ def reference_kl(logprobs: jax.Array, reference_logprobs: jax.Array,
     Non-negative and unbiased for samples from pi_theta (Schulman's "Approximating KL").
     """
     delta = jax.lax.stop_gradient(reference_logprobs) - logprobs
-    return _token_mean(jnp.exp(delta) - delta - 1.0, loss_mask)
+    return masked_mean(jnp.exp(delta) - delta - 1.0, loss_mask)
 
 
 def policy_objective(name: str, logprobs: jax.Array, rollout_logprobs: jax.Array,
