@@ -126,7 +126,8 @@ def test_entry_point_runs_lock_step_mode(tmp_path):
     workdir = tmp_path / "sync"
     completed = subprocess.run(
         [sys.executable, "-m", "glm5_jax.rl", f"--config={config_path}", f"--workdir={workdir}",
-         "--config.mode=sync"], cwd=REPO, capture_output=True, text=True, timeout=900,
+         "--config.mode=sync", "--config.eval.every=1", "--config.eval.batch_rows=8"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert completed.returncode == 0, completed.stderr[-3000:]
     records = read_metrics(workdir)
@@ -139,6 +140,24 @@ def test_entry_point_runs_lock_step_mode(tmp_path):
                     "dropped_samples", "learner_idle_fraction", "worker_utilisation",
                     "tokens_per_s/generated", "tokens_per_s/trained"):
             assert key in record
+
+    # Fixed evaluation of the kept snapshots (warm start + every step), then resumed: no repeats.
+    evaluate = [sys.executable, "-m", "glm5_jax.rl.evaluation", f"--workdir={workdir}",
+                "--samples_per_task=1"]
+    for _ in range(2):
+        completed = subprocess.run(evaluate, cwd=REPO, capture_output=True, text=True, timeout=900,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    results = [json.loads(line) for line in (workdir / "eval.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in results] == [
+        (step, split) for step in (0, 1, 2) for split in ("train", "held_out")]
+    samples = {r["step"]: r["samples"] for r in results}
+    assert samples == {0: 0, 1: records[0]["buffer/consumed"], 2: records[1]["buffer/consumed"]}
+    for result in results:
+        # Level 1 has 29 tasks; 20% of them (6) are held out and never trained on.
+        assert result["tasks"] == (23 if result["split"] == "train" else 6)
+        assert result["episodes"] == result["tasks"]
+        assert 0.0 <= result["pass_rate"] <= 1.0 and "reward/correct" in result
 
 
 def test_ray_backend_runs_the_same_experiment(tmp_path):

@@ -25,6 +25,7 @@ from glm5_jax.rl.buffer import TrajectoryBuffer, staleness_histogram
 from glm5_jax.rl.checkpoint import RunCheckpointer
 from glm5_jax.rl.coordinator import RolloutCoordinator
 from glm5_jax.rl.environments import CodeEnvironment
+from glm5_jax.rl.evaluation import keep_snapshot
 from glm5_jax.rl.experiment_setup import make_tasks, make_tokenizer
 from glm5_jax.rl.feedback import get_feedback_scorer
 from glm5_jax.rl.learner import Learner
@@ -57,6 +58,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.groups_per_batch % config.groups_per_order:
         raise ValueError(f"groups_per_batch={config.groups_per_batch} must be a multiple of "
                          f"groups_per_order={config.groups_per_order}")
+    if config.eval.every < 0:
+        raise ValueError(f"eval.every={config.eval.every} must be >= 0 (0: keep no snapshots)")
     if config.capacity_groups < config.groups_per_batch:
         raise ValueError(f"capacity_groups={config.capacity_groups} must hold at least one batch "
                          f"(groups_per_batch={config.groups_per_batch})")
@@ -95,6 +98,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
         log(f"resumed at step {start_step}, policy version {version}")
     publisher = PolicyPublisher(workdir / "policy")
     push = publisher.publish(version, learner.variables)
+    if config.eval.every and start_step == 0:  # the warm start: where both modes begin
+        keep_snapshot(workdir, publisher.path_of(version), 0, version, 0.0, 0)
 
     pool = make_pool(config, str(workdir / "policy"))
     coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
@@ -164,6 +169,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
                 checkpointer.save(step + 1, learner.state, {
                     "step": step + 1, "policy_version": version, "wall_time": wall,
                     "resumes": resumes, "buffer": buffer_state})
+            if config.eval.every and ((step + 1) % config.eval.every == 0
+                                      or step + 1 == config.total_steps):
+                keep_snapshot(workdir, publisher.path_of(version), step + 1, version, wall,
+                              shared["buffer/consumed"])
             if on_step is not None:
                 on_step(step + 1, coordinator)
     finally:

@@ -51,6 +51,9 @@ class PolicyPublisher:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 
+    def path_of(self, version: int) -> Path:
+        return _version_path(self.directory, version)
+
     def publish(self, version: int, variables: dict[str, Any]) -> dict[str, float]:
         """Returns the cost of the push: seconds to fetch, serialise, write; bytes written."""
         start = time.perf_counter()
