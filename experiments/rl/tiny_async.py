@@ -19,10 +19,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.ray_num_cpus = 0  # 0: Ray's default (all cores)
     config.seed = 0
 
-    # Policy: a preset from glm5_jax.config with the tokenizer's vocabulary.
+    # Policy: a preset from glm5_jax.config with the tokenizer's vocabulary, or, with init_from
+    # (a training workdir or HF directory), that checkpoint's architecture and weights, usually
+    # with tokenizer="checkpoint" (its tokenizer.json; see experiments/rl/pretrained_async.py).
     config.model = "tiny"
     config.model_overrides = ml_collections.ConfigDict()
-    config.tokenizer = "char"
+    config.init_from = ""
+    config.tokenizer = "char"  # "char" | "checkpoint"
+    # Special tokens of a checkpoint tokenizer, by name (defaults: glm5_jax.data's tokenizer).
+    config.special_tokens = ml_collections.ConfigDict({
+        "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>"})
     config.mesh = ""  # every local device on the data axis
 
     # Tasks, environment, reward.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 
 import ml_collections
@@ -13,11 +14,24 @@ from glm5_jax.rl.tasks import CodeTask, tiny_task_suite
 SPLITS = ("train", "held_out")
 
 
+TOKENIZERS = ("char", "checkpoint")
+
+
 def make_tokenizer(config: ml_collections.ConfigDict):
-    if config.tokenizer != "char":
-        raise ValueError(f"tokenizer={config.tokenizer!r}; only 'char' is wired up for RL so far "
-                         "(BPE models need the data package's tokenizer with the same interface)")
-    return CharTokenizer()
+    """``char``: one token per character (the tiny suite from scratch); ``checkpoint``: the
+    ``tokenizer.json`` beside ``config.init_from`` (RL from a pretrained model)."""
+    if config.tokenizer == "char":
+        return CharTokenizer()
+    if config.tokenizer == "checkpoint":
+        if not config.get("init_from"):
+            raise ValueError("tokenizer='checkpoint' needs init_from (a training workdir or HF "
+                             "directory with a tokenizer.json)")
+        from glm5_jax.rl.bpe_tokenizer import BpeTokenizer
+
+        special = config.special_tokens
+        return BpeTokenizer(os.path.join(config.init_from, "tokenizer.json"), special.bos,
+                            special.eos, special.pad)
+    raise ValueError(f"tokenizer={config.tokenizer!r}; allowed: {list(TOKENIZERS)}")
 
 
 def _suite(config: ml_collections.ConfigDict) -> list[CodeTask]:

@@ -27,10 +27,20 @@ KEEP_VERSIONS = 4  # a worker reading version N must not find it deleted under i
 
 def policy_model_config(config: ml_collections.ConfigDict, vocab_size: int, bos_id: int,
                         eos_id: int, pad_id: int) -> ModelConfig:
-    """The preset named by ``config.model`` with the tokenizer's vocabulary and special ids."""
+    """The policy's architecture with the tokenizer's special ids: the preset named by
+    ``config.model`` sized to the tokenizer's vocabulary, or, with ``config.init_from``, the
+    checkpoint's own config (its vocabulary must hold every id the tokenizer makes)."""
     overrides = dict(config.get("model_overrides", {}) or {})
-    return get_preset(config.model).replace(vocab_size=vocab_size, bos_token_id=bos_id,
-                                            eos_token_id=eos_id, pad_token_id=pad_id, **overrides)
+    special = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    if config.get("init_from"):
+        from glm5_jax.sample.checkpoint import load_model_config
+
+        base = load_model_config(config.init_from)
+        if vocab_size > base.vocab_size:
+            raise ValueError(f"the tokenizer has {vocab_size} ids but init_from={config.init_from!r} "
+                             f"embeds {base.vocab_size}: is it the checkpoint's own tokenizer?")
+        return base.replace(**special, **overrides)
+    return get_preset(config.model).replace(vocab_size=vocab_size, **special, **overrides)
 
 
 def _version_path(directory: Path, version: int) -> Path:

@@ -47,22 +47,48 @@ def supervised_batch(tasks: list[CodeTask], indices: np.ndarray, tokenizer, seq_
     return {"input_ids": input_ids, "targets": targets, "loss_mask": mask}
 
 
-def _cache_key(config: ml_collections.ConfigDict, model_config, prompts: list[str]) -> str:
-    """Everything the warm start depends on: its settings, the model, the seed, and the exact
-    (prompt, reference) pairs it imitates."""
-    blob = json.dumps({"warm": config.warm_start.to_dict(), "model": model_config.to_dict(),
-                       "seed": config.seed, "data": prompts}, sort_keys=True)
+def _cache_key(config: ml_collections.ConfigDict, model_config, prompts: list[str],
+               start_from: str = "") -> str:
+    """Everything the warm start depends on: its settings, the model, the seed, the exact
+    (prompt, reference) pairs it imitates, and the weights it starts from when loaded."""
+    fields = {"warm": config.warm_start.to_dict(), "model": model_config.to_dict(),
+              "seed": config.seed, "data": prompts}
+    if start_from:  # absent for fresh inits, so their existing cache entries stay valid
+        fields["start_from"] = start_from
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def initial_variables(config: ml_collections.ConfigDict, model_config) -> dict[str, Any]:
+    """The policy before the warm start: ``config.init_from``'s weights, or a fresh init."""
+    if config.get("init_from"):
+        from glm5_jax.sample.checkpoint import is_train_workdir, load_for_generation
+
+        path = config.init_from
+        _, variables = load_for_generation(path, model_config if is_train_workdir(path) else None)
+        return {"params": variables["params"], "routing": variables.get("routing", {})}
+    return init_variables(GLM5Model(model_config), jax.random.PRNGKey(config.seed))
+
+
+def fingerprint(variables: dict[str, Any]) -> str:
+    """A digest of every array (names, shapes, bytes): the identity of initial weights."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def warm_start_variables(config: ml_collections.ConfigDict, model_config, tasks: list[CodeTask],
                          tokenizer, prompt_of, log=print) -> tuple[dict[str, Any], dict[str, float]]:
     """(variables, info): initialised from ``config.seed`` and trained ``warm_start.steps`` steps."""
     cache_dir = config.warm_start.get("cache_dir") or ""
-    key = _cache_key(config, model_config, [prompt_of(t) + t.reference for t in tasks])
-    cache = Path(cache_dir) / f"warm_start_{key}.msgpack" if cache_dir else None
     model = GLM5Model(model_config)
-    variables = init_variables(model, jax.random.PRNGKey(config.seed))
+    variables = initial_variables(config, model_config)
+    start_from = fingerprint(variables) if config.get("init_from") else ""
+    key = _cache_key(config, model_config, [prompt_of(t) + t.reference for t in tasks], start_from)
+    cache = Path(cache_dir) / f"warm_start_{key}.msgpack" if cache_dir else None
     if cache is not None and cache.exists():
         restored = serialization.from_bytes(variables, cache.read_bytes())
         return restored, {"warm_start/cached": 1.0}

@@ -1,0 +1,28 @@
+"""RL from the main job's pretrained checkpoint: pretrain, then RL, on one CPU host.
+
+    python -m glm5_jax.train --config=experiments/tiny.py --workdir=/tmp/glm5_tiny
+    python -m glm5_jax.rl --config=experiments/rl/pretrained_async.py --workdir=/tmp/rl_pretrained
+
+The policy is the checkpoint in ``init_from`` (a training workdir or an HF directory: its
+architecture, weights and BPE ``tokenizer.json``); everything else is ``tiny_async.py``.
+``--config.mode=sync`` gives the lock-step twin; ``--config.tasks.suite=mbpp`` (with a larger
+``seq_len`` and ``max_new_tokens``) trains on MBPP's train split instead of the tiny suite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("rl_tiny_async", Path(__file__).with_name("tiny_async.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.init_from = "/tmp/glm5_tiny"
+    config.tokenizer = "checkpoint"
+    config.warm_start.cache_dir = "/tmp/glm5_rl_warm_start_pretrained"
+    return config
