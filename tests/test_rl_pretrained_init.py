@@ -4,7 +4,6 @@ The checkpoint is an HF directory (``save_hf``) with a byte-level BPE ``tokenize
 ``glm5_jax.data``, standing in for the main job's workdir or a released model.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from glm5_jax.rl.policy import policy_model_config
 from glm5_jax.rl.tasks import tiny_task_suite
 from glm5_jax.rl.warm_start import warm_start_variables
 from glm5_jax.sample.checkpoint import load_model_config
+from glm5_jax.train.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 320
@@ -29,10 +29,7 @@ ARCHITECTURE = {"num_hidden_layers": 2, "first_k_dense_replace": 1, "num_mtp_lay
 
 
 def base_config(checkpoint: Path):
-    spec = importlib.util.spec_from_file_location("rl_tiny", REPO / "experiments" / "rl" / "tiny_async.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_experiment(REPO / "experiments" / "rl" / "tiny_async.py")
     config.init_from = str(checkpoint)
     config.tokenizer = "checkpoint"
     config.model = "full"  # ignored with init_from: the checkpoint's own config wins

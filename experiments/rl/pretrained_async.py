@@ -11,17 +11,15 @@ architecture, weights and BPE ``tokenizer.json``); everything else is ``tiny_asy
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from glm5_jax.train.experiment import load_experiment
+
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("rl_tiny_async", Path(__file__).with_name("tiny_async.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_experiment(Path(__file__).with_name("tiny_async.py"))
     config.init_from = "/tmp/glm5_tiny"
     config.tokenizer = "checkpoint"
     config.warm_start.cache_dir = "/tmp/glm5_rl_warm_start_pretrained"

@@ -6,16 +6,14 @@ train on it, publish, repeat. Everything else is identical.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from glm5_jax.train.experiment import load_experiment
+
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("rl_tiny_async", Path(__file__).with_name("tiny_async.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_experiment(Path(__file__).with_name("tiny_async.py"))
     config.mode = "sync"
     return config
