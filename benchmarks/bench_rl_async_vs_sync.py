@@ -156,7 +156,8 @@ def analyse(runs: dict[str, dict[str, list[dict]]], target_fraction: float) -> d
         rows.append(
             f"| {mode} | {len(metrics)} | {last['wall_time']:.0f} | {_fmt(times[mode])} | "
             f"{_fmt(samples_to[mode], 0)} | {evals[0]['reward']:.3f} | {max(rewards):.3f} | "
-            f"{evals[-1]['reward']:.3f} | {evals[-1]['pass_rate']:.2f} | "
+            f"{evals[-1]['reward']:.3f} | {evals[-1]['pass_rate']:.2f} ({_by_level(evals[0])} -> "
+            f"{_by_level(evals[-1])}) | "
             f"{held[0]['reward']:.3f} -> {held[-1]['reward']:.3f} | "
             f"{last['learner_idle_fraction']:.2f} | {last['worker_utilisation']:.2f} | "
             f"{last['tokens_per_s/generated']:.0f} | {last['buffer/dropped']} | {_staleness(metrics)} |")
@@ -186,7 +187,7 @@ def seed_section(seed: int, a: dict, target_fraction: float) -> list[str]:
          f"{a['target']:.3f} ({target_fraction:.0%} of the way to the lower run's best evaluation "
          f"reward, {a['best']:.3f})."), "",
         ("| mode | steps | wall s | time to target s | samples to target | eval reward: start | best "
-         "| final | final pass rate | held-out reward start -> final | learner idle | worker util "
+         "| final | final pass rate (by level: start -> final) | held-out reward start -> final | learner idle | worker util "
          "| gen tok/s | dropped | staleness (all steps) |"),
         "|---" * 15 + "|", *a["rows"], "",
         (f"Time-to-target ratio sync/async: **{_fmt(a['ratio'], 2)}x**. Ceiling from the lock-step "
@@ -282,6 +283,11 @@ def _staleness(records: list[dict]) -> str:
         for k, v in r["staleness_histogram"].items():
             total[k] = total.get(k, 0) + v
     return ", ".join(f"{k}: {v}" for k, v in sorted(total.items(), key=lambda kv: int(kv[0])))
+
+
+def _by_level(record: dict) -> str:
+    levels = sorted(k for k in record if k.startswith("pass_rate/level_"))
+    return "/".join(f"{record[k]:.2f}" for k in levels) or "n/a"
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:

@@ -15,7 +15,7 @@ from glm5_jax.rl.evaluation import (
 from glm5_jax.rl.experiment_setup import split_held_out
 from glm5_jax.rl.feedback import label_feedback
 from glm5_jax.rl.rewards import RewardWeights
-from glm5_jax.rl.tasks import tiny_task_suite
+from glm5_jax.rl.tasks import CodeTask, tiny_task_suite
 from glm5_jax.rl.trajectory import Trajectory, Turn
 
 TOKENIZER = CharTokenizer()
@@ -69,9 +69,13 @@ def _trajectory(task_id, reward, passed, crashed=False, turns=1):
 
 
 def test_summary_counts_crashed_sandboxes_but_does_not_score_them():
+    tasks = [CodeTask(name, "", (), "", difficulty=level)
+             for name, level in (("a", 1), ("b", 3), ("c", 3), ("d", 3))]
     summary = summarise([_trajectory("a", 1.0, True), _trajectory("a", 0.2, False, turns=2),
                          _trajectory("b", 0.0, False), _trajectory("b", 0.0, False, crashed=True)],
-                        num_tasks=4)
+                        tasks)
+    assert (summary["pass_rate/level_1"], summary["pass_rate/level_3"]) == (0.5, 0.0)
+    assert "pass_rate/level_2" not in summary
     assert summary["reward"] == pytest.approx(1.2 / 3)
     assert summary["pass_rate"] == pytest.approx(1 / 3)
     assert summary["reward/correct"] == pytest.approx(1 / 3)

@@ -94,15 +94,22 @@ class FixedPolicy:
         return False
 
 
-def summarise(trajectories: Sequence[Trajectory], num_tasks: int) -> dict[str, float]:
-    """Mean episode reward, pass rate and reward terms; crashed sandboxes are counted, not scored."""
+def summarise(trajectories: Sequence[Trajectory], tasks: Sequence[CodeTask]) -> dict[str, float]:
+    """Mean episode reward, pass rate (overall and per difficulty level) and reward terms;
+    crashed sandboxes are counted, not scored."""
     scored = [t for t in trajectories if not t.env_crashed]
     count = max(len(scored), 1)
     passed_tasks = {t.task_id for t in scored if t.passed}
+    level_of = {task.task_id: task.difficulty for task in tasks}
+    by_level: dict[int, list[bool]] = {}
+    for trajectory in scored:
+        by_level.setdefault(level_of[trajectory.task_id], []).append(trajectory.passed)
     return {
         "reward": sum(t.reward for t in scored) / count,
         "pass_rate": sum(t.passed for t in scored) / count,
-        "tasks_solved_fraction": len(passed_tasks) / max(num_tasks, 1),  # pass@k, k = samples per task
+        **{f"pass_rate/level_{level}": sum(passed) / len(passed)
+           for level, passed in sorted(by_level.items())},
+        "tasks_solved_fraction": len(passed_tasks) / max(len(tasks), 1),  # pass@k, k = samples per task
         **{f"reward/{term}": sum(t.reward_terms.get(term, 0.0) for t in scored) / count
            for term in TERMS},
         "mean_turns": sum(len(t.turns) for t in scored) / count,
@@ -122,7 +129,7 @@ def evaluate_policy(variables: dict[str, Any], tasks: Sequence[CodeTask],
     run_orders(orders, lambda index: make_env(tasks[index]), FixedPolicy(variables, -1), sampler,
                executor, tokenizer, trajectories.append, refresh_each_turn=False,
                max_context=max_context)
-    return summarise(trajectories, len(tasks))
+    return summarise(trajectories, tasks)
 
 
 # After the run -------------------------------------------------------------------------------
