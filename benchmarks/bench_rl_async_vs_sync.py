@@ -142,6 +142,7 @@ def analyse(runs: dict[str, dict[str, list[dict]]], target_fraction: float) -> d
     if any(curves[m][0]["step"] != 0 for m in MODES):
         raise ValueError("an evaluation curve does not start at the warm start (step 0)")
     warm = starts["sync"]  # both modes start from the same cached warm start
+    warm_stderr = curves["sync"][0].get("reward_stderr")
     best = min(max(r["reward"] for r in curves[m]) for m in MODES)
     target = warm + target_fraction * (best - warm)
     rows, times, samples_to = [], {}, {}
@@ -166,7 +167,8 @@ def analyse(runs: dict[str, dict[str, list[dict]]], target_fraction: float) -> d
     train_s = sum(r["train_s"] for r in sync) / len(sync)
     budget = min(runs[m]["metrics"][-1]["wall_time"] for m in MODES)
     return {
-        "warm": warm, "starts": starts, "best": best, "target": target, "rows": rows, "times": times,
+        "warm": warm, "warm_stderr": warm_stderr,
+        "target_in_stderrs": (target - warm) / warm_stderr if warm_stderr else None, "starts": starts, "best": best, "target": target, "rows": rows, "times": times,
         "samples_to": samples_to, "generate": generate, "train": train_s,
         "ceiling": (generate + train_s) / max(generate, train_s),
         "ratio": times["sync"] / times["async"] if times["sync"] and times["async"] else None,
@@ -183,9 +185,10 @@ def analyse(runs: dict[str, dict[str, list[dict]]], target_fraction: float) -> d
 def seed_section(seed: int, a: dict, target_fraction: float) -> list[str]:
     return [
         f"### Seed {seed}", "",
-        (f"Warm-start evaluation reward (step 0, training tasks): {a['warm']:.3f}; target "
-         f"{a['target']:.3f} ({target_fraction:.0%} of the way to the lower run's best evaluation "
-         f"reward, {a['best']:.3f})."), "",
+        (f"Warm-start evaluation reward (step 0, training tasks): {a['warm']:.3f} (standard error "
+         f"{_fmt(a['warm_stderr'], 3)}); target {a['target']:.3f} ({target_fraction:.0%} of the way to "
+         f"the lower run's best evaluation reward, {a['best']:.3f}), "
+         f"{_fmt(a['target_in_stderrs'], 1)} standard errors above the start."), "",
         ("| mode | steps | wall s | time to target s | samples to target | eval reward: start | best "
          "| final | final pass rate (by level: start -> final) | held-out reward start -> final | learner idle | worker util "
          "| gen tok/s | dropped | staleness (all steps) |"),
@@ -207,6 +210,7 @@ def summary_section(results: dict[int, dict]) -> list[str]:
 
     columns = {
         "time-to-target ratio sync/async": lambda a: a["ratio"],
+        "target above start, in std errors": lambda a: a["target_in_stderrs"],
         "ceiling (g+t)/max(g,t)": lambda a: a["ceiling"],
         "learner steps/s async/sync": lambda a: a["steps_per_s"]["async"] / a["steps_per_s"]["sync"],
         "eval reward at equal budget, async - sync": lambda a: a["at_budget"]["async"] - a["at_budget"]["sync"],

@@ -1,6 +1,7 @@
 """Fixed evaluation of RL runs: the held-out split, snapshot bookkeeping, and scoring with the
 real sandbox and a scripted sampler."""
 
+import numpy as np
 import pytest
 
 from glm5_jax.eval.pool import SandboxPool
@@ -77,6 +78,8 @@ def test_summary_counts_crashed_sandboxes_but_does_not_score_them():
     assert (summary["pass_rate/level_1"], summary["pass_rate/level_3"]) == (0.5, 0.0)
     assert "pass_rate/level_2" not in summary
     assert summary["reward"] == pytest.approx(1.2 / 3)
+    rewards = np.array([1.0, 0.2, 0.0])
+    assert summary["reward_stderr"] == pytest.approx(rewards.std(ddof=1) / np.sqrt(3))
     assert summary["pass_rate"] == pytest.approx(1 / 3)
     assert summary["reward/correct"] == pytest.approx(1 / 3)
     assert summary["tasks_solved_fraction"] == pytest.approx(1 / 4)

@@ -21,6 +21,7 @@ async mode the workers would run ahead while the learner evaluated) and gives it
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -104,8 +105,11 @@ def summarise(trajectories: Sequence[Trajectory], tasks: Sequence[CodeTask]) -> 
     by_level: dict[int, list[bool]] = {}
     for trajectory in scored:
         by_level.setdefault(level_of[trajectory.task_id], []).append(trajectory.passed)
+    mean = sum(t.reward for t in scored) / count
+    variance = sum((t.reward - mean) ** 2 for t in scored) / max(len(scored) - 1, 1)
     return {
-        "reward": sum(t.reward for t in scored) / count,
+        "reward": mean,
+        "reward_stderr": math.sqrt(variance / count),  # of the mean, samples taken as independent
         "pass_rate": sum(t.passed for t in scored) / count,
         **{f"pass_rate/level_{level}": sum(passed) / len(passed)
            for level, passed in sorted(by_level.items())},
