@@ -2,7 +2,7 @@
 
     python benchmarks/bench_rl_async_vs_sync.py --steps 250 --seeds 0,1,2 --workdir /tmp/glm5_rl_bench
     python benchmarks/bench_rl_async_vs_sync.py --seeds 0,1,2 --workdir /tmp/glm5_rl_s1 --modes async \
-        --sync_workdir /tmp/glm5_rl_bench --extra --config.max_staleness=1 --results_name rl_staleness1
+        --sync_workdir /tmp/glm5_rl_bench --results_name rl_staleness1 --config.max_staleness=1
 
 For each seed (``--config.seed``: the warm start, the task draws and sampling all change),
 runs ``experiments/rl/tiny_sync.py`` and ``tiny_async.py`` one after the other (never at the
@@ -238,11 +238,16 @@ def main() -> None:
                         help="read the lock-step runs from this base instead of --workdir")
     parser.add_argument("--target_fraction", type=float, default=0.7)
     parser.add_argument("--skip_run", action="store_true", help="re-analyse the runs already in --workdir")
-    parser.add_argument("--extra", nargs="*", default=[], help="more --config.* overrides for both")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="--config.* overrides for the runs (bare --config.* arguments work too)")
     parser.add_argument("--results_name", default="rl",
                         help="writes benchmarks/results/NAME.md and NAME_async_vs_sync.svg")
     parser.add_argument("--title", default="Asynchronous vs lock-step RL (tiny preset, CPU)")
-    args = parser.parse_args()
+    args, unknown = parser.parse_known_args()
+    stray = [a for a in unknown if not a.startswith("--config.")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.extra = [*args.extra, *unknown]
     base = Path(args.workdir)
     sync_base = Path(args.sync_workdir or args.workdir)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -267,7 +272,7 @@ def main() -> None:
                        + ([f"--modes {args.modes}"] if args.modes != "sync,async" else [])
                        + ([f"--sync_workdir {args.sync_workdir}"] if args.sync_workdir else [])
                        + ([f"--results_name {args.results_name}"] if args.results_name != "rl" else [])
-                       + ([f"--extra {' '.join(args.extra)}"] if args.extra else []))
+                       + args.extra)
     lines = [
         f"## {args.title}", "",
         f"Command: `{command}`", "",
