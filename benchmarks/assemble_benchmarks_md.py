@@ -23,7 +23,8 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("training", "training", ("train.md",)),
     ("decode", "decode", ("decode.md",)),
     ("evaluation-sandbox", "evaluation sandbox", ("eval.md",)),
-    ("agentic-rl", "agentic RL", ("rl.md", "rl_staleness1.md", "rl_notes.md")),
+    ("agentic-rl", "agentic RL", ("rl.md", "rl_decoupled.md", "rl_staleness1.md", "rl_debug.md",
+                                  "rl_notes.md", "rl_pretrained.md")),
 )
 
 HEADER = """# Benchmarks
