@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--modes", default="sync,async", help="which modes to run (the others are read)")
     parser.add_argument("--sync_workdir", default="",
                         help="read the lock-step runs from this base instead of --workdir")
+    parser.add_argument("--plot_seed", type=int, default=None, help="seed to plot (default: the first)")
     parser.add_argument("--target_fraction", type=float, default=0.7)
     parser.add_argument("--skip_run", action="store_true", help="re-analyse the runs already in --workdir")
     parser.add_argument("--extra", nargs="*", default=[],
@@ -254,6 +255,7 @@ def main() -> None:
     to_run = [m for m in args.modes.split(",") if m]
     if set(to_run) - set(MODES):
         parser.error(f"--modes={args.modes!r}; allowed: {list(MODES)}")
+    plot_seed = seeds[0] if args.plot_seed is None else args.plot_seed
     results = {}
     for seed in seeds:
         directories = {"async": base / f"seed{seed}" / "async", "sync": sync_base / f"seed{seed}" / "sync"}
@@ -263,7 +265,7 @@ def main() -> None:
                     run(mode, directories[mode], args.steps, [f"--config.seed={seed}", *args.extra])
         runs = {mode: load(directories[mode]) for mode in MODES}
         results[seed] = analyse(runs, args.target_fraction)
-        if seed == seeds[0]:
+        if seed == plot_seed:
             RESULTS.mkdir(parents=True, exist_ok=True)
             write_svg(RESULTS / f"{args.results_name}_async_vs_sync.svg", runs,
                       results[seed]["target"], f"{args.title}, seed {seed}")
@@ -272,11 +274,12 @@ def main() -> None:
                        + ([f"--modes {args.modes}"] if args.modes != "sync,async" else [])
                        + ([f"--sync_workdir {args.sync_workdir}"] if args.sync_workdir else [])
                        + ([f"--results_name {args.results_name}"] if args.results_name != "rl" else [])
+                       + ([f"--plot_seed {plot_seed}"] if args.plot_seed is not None else [])
                        + args.extra)
     lines = [
         f"## {args.title}", "",
         f"Command: `{command}`", "",
-        (f"Plot (seed {seeds[0]}): `benchmarks/results/{args.results_name}_async_vs_sync.svg` "
+        (f"Plot (seed {plot_seed}): `benchmarks/results/{args.results_name}_async_vs_sync.svg` "
          "(fixed-evaluation reward against wall-clock time and against samples)."), "",
         *summary_section(results)]
     for seed, a in results.items():
