@@ -29,7 +29,7 @@ from pallas_kernels.sharded import (
     sharded_sparse_topk_attention,
 )
 from pallas_kernels.sparse_attention import sparse_topk_attention_reference
-from pallas_kernels.testing import assert_close, random_group_sizes
+from pallas_kernels.testing import assert_close, random_group_sizes, tolerance
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS set after jax started)")
@@ -44,9 +44,23 @@ def mesh():
 
 @pytest.fixture
 def rng():
-    seed = np.random.SeedSequence().entropy % 2**31
+    """A fresh seed per test, printed; KERNEL_TEST_SEED=<seed> replays a failure."""
+    seed = int(os.environ.get("KERNEL_TEST_SEED", np.random.SeedSequence().entropy % 2**31))
     print(f"seed={seed}")
     return np.random.default_rng(seed)
+
+
+def assert_weighted_sum_close(value, ref_value, ref_terms) -> None:
+    """The test losses sum terms of both signs, which can cancel far below the terms
+    themselves: CI drew seed 2009351462, whose sparse-attention loss is 0.217 from terms whose
+    absolute values sum to 74; outputs matched to 1.8e-7, yet the loss's 3.6e-6 error was
+    1.7e-5 of the cancelled result and failed a 1e-5 bound. A float32 sum rounds at the scale
+    of sum |terms|, so the error is judged against that scale; the outputs themselves are
+    compared element by element at the full float32 tolerance."""
+    scale = float(jnp.sum(jnp.abs(ref_terms)))
+    error = abs(float(value) - float(ref_value)) / scale
+    bound = tolerance(jnp.float32)
+    assert error <= bound, f"loss: error {error:.3g} of sum |terms| > {bound:g}"
 
 
 def test_grouped_matmul_experts_over_expert_axis(mesh, rng):
@@ -58,15 +72,19 @@ def test_grouped_matmul_experts_over_expert_axis(mesh, rng):
     weights = jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
 
     def loss(fn):
-        return jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) * weights), (0, 1)))
+        def weighted(a, b):
+            out = fn(a, b)
+            return jnp.sum(out * weights), out
+        return jax.jit(jax.value_and_grad(weighted, (0, 1), has_aux=True))
 
     kernel = loss(lambda a, b: sharded_grouped_matmul(
         a, b, sizes, mesh=mesh, block_m=16, block_k=16, block_n=16))
     reference = loss(lambda a, b: grouped_matmul_reference(a, b, sizes))
     with poisoned_outputs():
-        value, (dlhs, drhs) = kernel(lhs, rhs)
-    ref_value, (ref_dlhs, ref_drhs) = reference(lhs, rhs)
-    assert_close(value, ref_value, jnp.float32, "loss")
+        (value, out), (dlhs, drhs) = kernel(lhs, rhs)
+    (ref_value, ref_out), (ref_dlhs, ref_drhs) = reference(lhs, rhs)
+    assert_close(out, ref_out, jnp.float32, "output")
+    assert_weighted_sum_close(value, ref_value, ref_out * weights)
     assert_close(dlhs, ref_dlhs, jnp.float32, "d_lhs")
     assert_close(drhs, ref_drhs, jnp.float32, "d_rhs")
 
@@ -98,16 +116,19 @@ def test_sparse_attention_batch_over_data_heads_over_tensor(mesh, rng, shared_kv
     weights = jnp.asarray(rng.standard_normal((batch, q_len, heads, d_v)), jnp.float32)
 
     def loss(fn):
-        return jax.jit(jax.value_and_grad(
-            lambda q, k, v: jnp.sum(fn(q, k, v)[0] * weights), (0, 1, 2)))
+        def weighted(q, k, v):
+            out = fn(q, k, v)[0]
+            return jnp.sum(out * weights), out
+        return jax.jit(jax.value_and_grad(weighted, (0, 1, 2), has_aux=True))
 
     kernel = loss(lambda q, k, v: sharded_sparse_topk_attention(
         q, k, v, idx, mesh=mesh, scale=0.25, block_k=8))
     reference = loss(lambda q, k, v: sparse_topk_attention_reference(q, k, v, idx, scale=0.25))
     with poisoned_outputs():
-        value, grads = kernel(q, k, v)
-    ref_value, ref_grads = reference(q, k, v)
-    assert_close(value, ref_value, jnp.float32, "loss")
+        (value, out), grads = kernel(q, k, v)
+    (ref_value, ref_out), ref_grads = reference(q, k, v)
+    assert_close(out, ref_out, jnp.float32, "output")
+    assert_weighted_sum_close(value, ref_value, ref_out * weights)
     for name, grad, ref in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert_close(grad, ref, jnp.float32, name)
 
