@@ -32,7 +32,8 @@ from typing import Any
 import ml_collections
 
 from glm5_jax.rl.environments import CodeEnvironment
-from glm5_jax.rl.experiment_setup import SPLITS, make_task_splits, make_tokenizer
+from glm5_jax.rl.experiment_setup import (SPLITS, environment_factory, make_task_splits,
+                                          make_tokenizer)
 from glm5_jax.rl.rewards import TERMS
 from glm5_jax.rl.rollout import GroupOrder, run_orders
 from glm5_jax.rl.tasks import CodeTask
@@ -151,9 +152,7 @@ def evaluate_run(workdir: str | os.PathLike, samples_per_task: int | None = None
 
     from glm5_jax.eval.limits import SandboxLimits
     from glm5_jax.eval.pool import SandboxPool
-    from glm5_jax.rl.feedback import get_feedback_scorer
     from glm5_jax.rl.policy import policy_model_config
-    from glm5_jax.rl.rewards import RewardWeights
     from glm5_jax.rl.sampler import PolicySampler
 
     workdir = Path(workdir)
@@ -164,26 +163,21 @@ def evaluate_run(workdir: str | os.PathLike, samples_per_task: int | None = None
     splits = {name: tasks for name, tasks in make_task_splits(config).items() if tasks}
     model_config = policy_model_config(config, tokenizer.vocab_size, tokenizer.bos_id,
                                        tokenizer.eos_id, tokenizer.pad_id)
-    weights = RewardWeights.from_config(config.reward)
-    feedback = get_feedback_scorer(config.reward.feedback_scorer)
-    env = config.environment
-
-    def make_env(task: CodeTask) -> CodeEnvironment:
-        return CodeEnvironment(task, env.kind, env.max_turns, weights, feedback, env.shown_tests,
-                               env.feedback_chars)
-
+    make_env = environment_factory(config)
     sampler = PolicySampler(model_config, settings.batch_rows, config.max_new_tokens, config.temperature)
     done = {(r["step"], r["split"]) for r in read_results(workdir)
             if r.get("samples_per_task") == samples_per_task}
     with SandboxPool(workers=settings.sandbox_workers or None,
                      limits=SandboxLimits(timeout_s=config.sandbox_timeout_s)) as sandbox:
         for snapshot in read_snapshots(workdir):
-            for split in SPLITS:
-                if split not in splits or (snapshot["step"], split) in done:
-                    continue
+            todo = [split for split in SPLITS
+                    if split in splits and (snapshot["step"], split) not in done]
+            if not todo:
+                continue
+            data = (workdir / SNAPSHOTS / snapshot["file"]).read_bytes()
+            variables = serialization.msgpack_restore(data)
+            for split in todo:
                 start = time.perf_counter()
-                data = (workdir / SNAPSHOTS / snapshot["file"]).read_bytes()
-                variables = serialization.msgpack_restore(data)
                 scores = evaluate_policy(variables, splits[split], make_env, sampler, sandbox,
                                          tokenizer, samples_per_task, settings.seed, config.seq_len)
                 record = {**snapshot, "split": split, "tasks": len(splits[split]),

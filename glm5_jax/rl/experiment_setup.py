@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 
 from glm5_jax.rl.char_tokenizer import CharTokenizer
+from glm5_jax.rl.environments import CodeEnvironment
+from glm5_jax.rl.feedback import get_feedback_scorer
+from glm5_jax.rl.rewards import RewardWeights
 from glm5_jax.rl.tasks import CodeTask, tiny_task_suite
 
 SPLITS = ("train", "held_out")
-
-
 TOKENIZERS = ("char", "checkpoint")
 
 
@@ -72,3 +73,16 @@ def make_task_splits(config: ml_collections.ConfigDict) -> dict[str, list[CodeTa
 def make_tasks(config: ml_collections.ConfigDict) -> list[CodeTask]:
     """The training tasks: the suite minus its held-out share."""
     return make_task_splits(config)["train"]
+
+
+def environment_factory(config: ml_collections.ConfigDict) -> Callable[[CodeTask], CodeEnvironment]:
+    """task -> a fresh episode of ``config.environment``, rewarded by ``config.reward``."""
+    weights = RewardWeights.from_config(config.reward)
+    feedback = get_feedback_scorer(config.reward.feedback_scorer)
+    env = config.environment
+
+    def make_env(task: CodeTask) -> CodeEnvironment:
+        return CodeEnvironment(task, env.kind, env.max_turns, weights, feedback, env.shown_tests,
+                               env.feedback_chars)
+
+    return make_env

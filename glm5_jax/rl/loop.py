@@ -24,13 +24,11 @@ from glm5_jax.rl.batching import build_batch
 from glm5_jax.rl.buffer import TrajectoryBuffer, staleness_histogram
 from glm5_jax.rl.checkpoint import RunCheckpointer
 from glm5_jax.rl.coordinator import RolloutCoordinator
-from glm5_jax.rl.environments import CodeEnvironment
 from glm5_jax.rl.evaluation import keep_snapshot
-from glm5_jax.rl.experiment_setup import make_tasks, make_tokenizer
-from glm5_jax.rl.feedback import get_feedback_scorer
+from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
 from glm5_jax.rl.learner import Learner
 from glm5_jax.rl.policy import PolicyPublisher, policy_model_config
-from glm5_jax.rl.rewards import TERMS, RewardWeights
+from glm5_jax.rl.rewards import TERMS
 from glm5_jax.rl.rollout_worker import configure_jax
 from glm5_jax.rl.warm_start import warm_start_variables
 
@@ -76,12 +74,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
     tokenizer, tasks = make_tokenizer(config), make_tasks(config)
     model_config = policy_model_config(config, tokenizer.vocab_size, tokenizer.bos_id,
                                        tokenizer.eos_id, tokenizer.pad_id)
-    weights = RewardWeights.from_config(config.reward)
-    feedback = get_feedback_scorer(config.reward.feedback_scorer)
-    env = config.environment
+    make_env = environment_factory(config)
 
     def prompt_of(task) -> str:
-        return CodeEnvironment(task, env.kind, env.max_turns, weights, feedback, env.shown_tests).reset()
+        return make_env(task).reset()
 
     variables, warm_info = warm_start_variables(config, model_config, tasks, tokenizer, prompt_of, log)
     learner = Learner(config, model_config, variables)

@@ -38,26 +38,16 @@ class RolloutWorker:
     def __init__(self, worker_id: int, config: ml_collections.ConfigDict, policy_dir: str) -> None:
         from glm5_jax.eval.limits import SandboxLimits
         from glm5_jax.eval.pool import SandboxPool
-        from glm5_jax.rl.environments import CodeEnvironment
-        from glm5_jax.rl.experiment_setup import make_tokenizer, make_tasks
-        from glm5_jax.rl.feedback import get_feedback_scorer
+        from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
         from glm5_jax.rl.policy import PolicySubscriber, policy_model_config
-        from glm5_jax.rl.rewards import RewardWeights
         from glm5_jax.rl.sampler import PolicySampler
 
         self.worker_id = worker_id
         self.config = config
         self.tokenizer = make_tokenizer(config)
         self.tasks = make_tasks(config)
-        weights = RewardWeights.from_config(config.reward)
-        feedback = get_feedback_scorer(config.reward.feedback_scorer)
-        env = config.environment
-
-        def make_env(task_index: int) -> CodeEnvironment:
-            return CodeEnvironment(self.tasks[task_index], env.kind, env.max_turns, weights,
-                                   feedback, env.shown_tests, env.feedback_chars)
-
-        self.make_env = make_env
+        make_env = environment_factory(config)
+        self.make_env = lambda task_index: make_env(self.tasks[task_index])
         model_config = policy_model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id,
                                            self.tokenizer.eos_id, self.tokenizer.pad_id)
         rows = config.groups_per_order * config.group_size

@@ -28,16 +28,20 @@ def is_train_workdir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) and not os.path.exists(os.path.join(path, "config.json"))
 
 
+def _train_workdir_model_config(path: str) -> ModelConfig:
+    config_path = os.path.join(path, MODEL_CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"{config_path} not found: a training workdir needs the model config beside its checkpoints "
+            f"(ModelConfig.to_dict() as JSON), or pass model_config=...")
+    with open(config_path) as f:
+        return ModelConfig.from_dict(json.load(f))
+
+
 def load_model_config(path: str) -> ModelConfig:
     """The model config of a training workdir (``model_config.json``) or an HF directory."""
     if is_train_workdir(path):
-        config_path = os.path.join(path, MODEL_CONFIG_FILE)
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(
-                f"{config_path} not found: a training workdir needs the model config beside its checkpoints "
-                f"(ModelConfig.to_dict() as JSON), or pass model_config=...")
-        with open(config_path) as f:
-            return ModelConfig.from_dict(json.load(f))
+        return _train_workdir_model_config(path)
     hf_path = os.path.join(path, "config.json")
     if not os.path.exists(hf_path):
         raise FileNotFoundError(f"{path} is neither a training workdir (checkpoints/ + "
@@ -52,7 +56,7 @@ def load_train_workdir(path: str, model_config: ModelConfig | None = None) -> tu
     """(model, {"params", "routing"}) from the newest orbax step of a training workdir."""
     import orbax.checkpoint as ocp
 
-    model_config = model_config or load_model_config(path)
+    model_config = model_config or _train_workdir_model_config(path)
     manager = ocp.CheckpointManager(os.path.abspath(os.path.join(path, CHECKPOINTS_DIR)))
     step = manager.latest_step()
     if step is None:
