@@ -2,9 +2,14 @@
 
 Each case in hostile_cases/cases.py runs in one shared pool; after each we check the
 host side: canary file and directory intact, nothing written to the host's scratch
-dirs, no connection reached the host's listeners, no process of a sandbox uid alive,
-nothing below the helpers but their one prepared (idle, still root) sandbox each, and
-the same helpers still pass a good sample.
+dirs, no connection reached the host's listeners, no process of the pool's own sandbox
+uids alive (other pools, e.g. another xdist worker's, hold other uids and are not ours
+to judge), nothing below the helpers but their one prepared (idle, still root) sandbox
+each, and the same helpers still pass a good sample.
+
+The canary lives where a sample could reach it if isolation failed: outside the
+scratch dirs the sandbox replaces, on a path every user can traverse (checked by
+reading it as another user before any attack runs), wherever the checkout is.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -23,11 +29,43 @@ from glm5_jax.eval.limits import SandboxLimits
 from glm5_jax.eval.policy import IsolationPolicy
 from glm5_jax.eval.pool import SandboxJob, SandboxPool
 from glm5_jax.eval.results import Status
-from hostile_cases.cases import CASES
+from glm5_jax.eval.sandbox_child.filesystem import SCRATCH_DIRS
+from hostile_cases.cases import CASES, limits_for
 
 POLICY = IsolationPolicy()
 LIMITS = SandboxLimits(timeout_s=1.5, memory_bytes=256 << 20)
 BENIGN = SandboxJob("def f():\n    return 1", ("assert f() == 1",))
+NOBODY = 65534
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def traversable_by_others(directory: str) -> bool:
+    """Every directory from / down to ``directory`` lets other users pass (o+x)."""
+    path = os.path.realpath(directory)
+    while True:
+        if not os.stat(path).st_mode & 0o001:
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
+
+
+def hidden_by_the_sandbox(directory: str) -> bool:
+    """Under a scratch dir that the sandbox replaces with its own tmpfs."""
+    path = os.path.realpath(directory)
+    scratch = [os.path.realpath(d) for d in SCRATCH_DIRS]
+    return any(path == d or path.startswith(d + os.sep) for d in scratch)
+
+
+def canary_parent() -> str:
+    """Where to put the canary: beside the tests if a sample could see it there, else a
+    host directory that every sandbox sees (a 0700 checkout or one under /tmp is not)."""
+    for candidate in (TESTS_DIR, "/var/lib", "/srv", "/opt", os.path.expanduser("~")):
+        if (os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK)
+                and not hidden_by_the_sandbox(candidate) and traversable_by_others(candidate)):
+            return candidate
+    raise RuntimeError("no writable directory outside the scratch dirs that other users can "
+                       "traverse: the canary attacks would test nothing")
 
 
 class HostTargets:
@@ -35,10 +73,9 @@ class HostTargets:
 
     def __init__(self) -> None:
         token = uuid.uuid4().hex
-        # Not under /tmp: the sandbox gets a private /tmp, and the canary must be visible
-        # to it for the attacks on it to mean anything.
-        self.canary_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                       f".hostile-canary-{token}")
+        # Not under /tmp nor in a private checkout: the canary must be visible to the
+        # sandbox for the attacks on it to mean anything.
+        self.canary_dir = os.path.join(canary_parent(), f".glm5-hostile-canary-{token}")
         os.mkdir(self.canary_dir, 0o755)
         os.chmod(self.canary_dir, 0o755)
         self.canary = os.path.join(self.canary_dir, "canary.txt")
@@ -61,6 +98,18 @@ class HostTargets:
         return {"canary": self.canary, "canary_dir": self.canary_dir, "host_pid": os.getpid(),
                 "port": self.tcp.getsockname()[1], "abstract_socket": self.abstract_name,
                 "secret_name": self.secret_name, "secret": self.secret, "marker": self.marker}
+
+    def assert_reachable_unsandboxed(self) -> None:
+        """Before any attack: a process outside the sandbox, as a user other than the
+        canary's owner (as the sample is), can read it; otherwise the attacks are vacuous."""
+        if os.geteuid() == 0:
+            read = subprocess.run(["cat", self.canary], user=NOBODY, group=NOBODY,
+                                  extra_groups=[], capture_output=True, text=True, check=False)
+            assert read.returncode == 0 and read.stdout == "canary", (self.canary, read.stderr)
+        else:  # the sample runs as our own uid (in a user namespace)
+            with open(self.canary) as handle:
+                assert handle.read() == "canary"
+        assert not hidden_by_the_sandbox(self.canary_dir), self.canary_dir
 
     def assert_intact(self) -> None:
         with open(self.canary) as handle:
@@ -85,6 +134,7 @@ class HostTargets:
 @pytest.fixture(scope="module")
 def host_targets():
     targets = HostTargets()
+    targets.assert_reachable_unsandboxed()
     os.environ[targets.secret_name] = targets.secret
     yield targets
     del os.environ[targets.secret_name]
@@ -95,11 +145,14 @@ def host_targets():
 def pool(host_targets):
     with SandboxPool(workers=2, limits=LIMITS, policy=POLICY) as sandbox_pool:
         assert all(r.passed for r in sandbox_pool.map([BENIGN, BENIGN]))  # start both helpers
+        if os.geteuid() == 0:  # the uid checks below judge these two, never an empty set
+            assert len(set(sandbox_pool.held_uids())) == 2
         yield sandbox_pool
 
 
-def sandbox_uid_processes() -> list[int]:
-    """Live processes running as any uid of the sandbox range."""
+def sandbox_uid_processes(uids) -> list[int]:
+    """Live processes running as one of ``uids`` (a pool's held sandbox uids)."""
+    uids = set(uids)
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -108,8 +161,7 @@ def sandbox_uid_processes() -> list[int]:
         except OSError:
             continue
         uid = int(lines["Uid"].split()[0])
-        if POLICY.uid_base <= uid < POLICY.uid_base + POLICY.uid_count and \
-                not lines["State"].strip().startswith("Z"):
+        if uid in uids and not lines["State"].strip().startswith("Z"):
             found.append(int(name))
     return found
 
@@ -151,14 +203,15 @@ def test_hostile_program_is_contained(hostile, pool, host_targets):
     helpers = pool.helper_pids()
     values = host_targets.substitutions()
     result = pool.run(hostile.program.format(**values),
-                      tuple(test.format(**values) for test in hostile.tests))
+                      tuple(test.format(**values) for test in hostile.tests),
+                      limits=limits_for(hostile, LIMITS))
 
     assert not result.passed, result
     assert result.status.value in hostile.statuses, result
     assert result.stdout_bytes <= LIMITS.output_limit_bytes + (1 << 20)
     assert len(result.stdout_tail) <= LIMITS.output_tail_bytes
     host_targets.assert_intact()
-    assert sandbox_uid_processes() == []
+    assert sandbox_uid_processes(pool.held_uids()) == []
     # Each helper keeps exactly one prepared sandbox (supervisor, init, idle runner).
     assert wait_until(lambda: all(len(descendants(pid)) == 3 for pid in helpers), 15.0), \
         {pid: descendants(pid) for pid in helpers}
@@ -171,14 +224,15 @@ def test_hostile_programs_running_concurrently_leave_good_samples_alone(pool, ho
     jobs = []
     for hostile in CASES:
         jobs.append(SandboxJob(hostile.program.format(**values),
-                               tuple(test.format(**values) for test in hostile.tests)))
+                               tuple(test.format(**values) for test in hostile.tests),
+                               limits_for(hostile, LIMITS)))
         jobs.append(BENIGN)
     results = pool.map(jobs)
     hostile_results, benign_results = results[0::2], results[1::2]
     assert not any(r.passed for r in hostile_results)
     assert all(r.passed for r in benign_results), [r for r in benign_results if not r.passed]
     host_targets.assert_intact()
-    assert sandbox_uid_processes() == []
+    assert sandbox_uid_processes(pool.held_uids()) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can drop to a sandbox uid")
@@ -209,27 +263,46 @@ def interpreter_for(uid: int) -> str | None:
     return None
 
 
+def copy_for_unprivileged_host(destination: str) -> str:
+    """Copy what the unprivileged host imports (the sandbox package and the cases) to
+    ``destination``, readable by everyone: the checkout itself may be private (0700, or
+    under /root). Returns the path of the host script in the copy."""
+    package = os.path.join(os.path.dirname(TESTS_DIR), "glm5_jax")
+    shutil.copytree(os.path.join(package, "eval"), os.path.join(destination, "glm5_jax", "eval"),
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    shutil.copytree(os.path.join(TESTS_DIR, "hostile_cases"),
+                    os.path.join(destination, "tests", "hostile_cases"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for directory, subdirs, files in os.walk(destination):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o644)
+    return os.path.join(destination, "tests", "hostile_cases", "unprivileged_host.py")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start the host as another user")
 def test_unprivileged_host_contains_every_case_through_user_namespaces():
-    nobody = 65534
-    python = interpreter_for(nobody)
+    python = interpreter_for(NOBODY)
     if python is None:
         pytest.skip("no python3 >= 3.10 that an unprivileged user can execute")
     targets = HostTargets()
+    copy = tempfile.mkdtemp(prefix=".glm5-unprivileged-host-", dir=canary_parent())
     try:
-        os.chown(targets.canary_dir, nobody, nobody)  # the canary belongs to the host user,
-        os.chown(targets.canary, nobody, nobody)      # as it would for a non-root host
+        targets.assert_reachable_unsandboxed()
+        os.chown(targets.canary_dir, NOBODY, NOBODY)  # the canary belongs to the host user,
+        os.chown(targets.canary, NOBODY, NOBODY)      # as it would for a non-root host
+        script = copy_for_unprivileged_host(copy)
         values = {k: v for k, v in targets.substitutions().items() if k != "host_pid"}
         completed = subprocess.run(
-            [python, os.path.join(os.path.dirname(__file__), "hostile_cases",
-                                  "unprivileged_host.py"), json.dumps(values)],
-            user=nobody, group=nobody, extra_groups=[], capture_output=True, text=True,
+            [python, script, json.dumps(values)],
+            user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, text=True,
             cwd="/", timeout=300, check=False)
         assert completed.returncode == 0, completed.stderr[-3000:]
         report = json.loads(completed.stdout.splitlines()[-1])
         targets.assert_intact()
     finally:
         targets.close()
+        shutil.rmtree(copy)
     assert report["benign_passed"] == [True, True]
     if "user-ns" not in report["isolation"]:
         pytest.skip("this kernel forbids unprivileged user namespaces: weaker fallback only")
@@ -257,14 +330,17 @@ def test_root_host_without_namespaces_still_contains_what_the_uid_drop_covers(ho
     policy = IsolationPolicy(use_namespaces=False)
     with SandboxPool(workers=2, limits=LIMITS, policy=policy) as weak_pool:
         results = weak_pool.map([SandboxJob(case.program.format(**values),
-                                            tuple(t.format(**values) for t in case.tests))
+                                            tuple(t.format(**values) for t in case.tests),
+                                            limits_for(case, LIMITS))
                                  for case in cases])
         litter = weak_pool.run(f"open('/tmp/{host_targets.marker}', 'w').write('x')")
         assert weak_pool.run(BENIGN.program, BENIGN.tests).passed
+        uids = weak_pool.held_uids()
+        assert len(uids) == 2
+        assert sandbox_uid_processes(uids) == []  # judged while the uids are still ours
     assert {case.name: r.reason for case, r in zip(cases, results, strict=True) if r.passed} == {}
     assert litter.passed and "host-tempdir" in litter.isolation  # it could write /tmp ...
     host_targets.assert_intact()  # ... but the file was removed with the sample
-    assert sandbox_uid_processes() == []
 
 
 FORK_MEMORY_BOMB = """\
@@ -287,7 +363,7 @@ def test_forked_memory_bomb_is_bounded_as_a_group(pool):
         pytest.skip("no usable memory cgroup here: a tree can hold max_processes x "
                     "memory_bytes (documented in SANDBOX.md)")
     assert not result.passed and "AssertionError" in result.reason, result
-    assert sandbox_uid_processes() == []
+    assert sandbox_uid_processes(pool.held_uids()) == []
 
 
 def test_cpu_share_of_a_sample_is_capped(pool):

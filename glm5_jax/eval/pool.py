@@ -76,6 +76,11 @@ class SandboxPool:
         with self._lock:
             return [c.pid for c in self._clients if c.pid is not None]
 
+    def held_uids(self) -> list[int]:
+        """The sandbox uids this pool's workers hold (as root); no other pool has them."""
+        with self._lock:
+            return [c.uid for c in self._clients if c.uid is not None]
+
     def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)

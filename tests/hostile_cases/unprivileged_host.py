@@ -28,7 +28,7 @@ def main() -> None:
     from glm5_jax.eval.limits import SandboxLimits
     from glm5_jax.eval.policy import IsolationPolicy
     from glm5_jax.eval.pool import SandboxJob, SandboxPool
-    from hostile_cases.cases import CASES
+    from hostile_cases.cases import CASES, limits_for
 
     values = json.loads(sys.argv[1])
     values["host_pid"] = os.getpid()  # this unprivileged host is the process to protect
@@ -39,7 +39,8 @@ def main() -> None:
     with SandboxPool(workers=2, limits=limits, policy=policy) as pool:
         before = pool.run(benign.program, benign.tests)
         results = pool.map([SandboxJob(case.program.format(**values),
-                                       tuple(test.format(**values) for test in case.tests))
+                                       tuple(test.format(**values) for test in case.tests),
+                                       limits_for(case, limits))
                             for case in CASES])
         after = pool.run(benign.program, benign.tests)
     print(json.dumps({

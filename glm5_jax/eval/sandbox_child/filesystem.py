@@ -46,7 +46,14 @@ def prepare_filesystem(namespaces: list[str], uid: int | None, gid: int | None,
         workdir, host_dir = PRIVATE_WORKDIR, None
         os.mkdir(workdir, 0o700)
     else:
-        workdir = host_dir = tempfile.mkdtemp(prefix="glm5-sandbox-")
+        # The harness's own directory stays ours (0711: the sample may only pass through
+        # it); only work/ inside it is the sample's. So the uid's sweep of /tmp, run when
+        # another sample of the same uid ends, never touches it, and the sample cannot
+        # rename it or swap it for a symlink before teardown deletes it.
+        host_dir = tempfile.mkdtemp(prefix="glm5-sandbox-")
+        os.chmod(host_dir, 0o711)
+        workdir = os.path.join(host_dir, "work")
+        os.mkdir(workdir, 0o700)
         tags.append("host-tempdir")
     if uid is not None:
         os.chown(workdir, uid, gid if gid is not None else uid)

@@ -198,9 +198,12 @@ def _tear_down(sandbox: PreparedSandbox) -> None:
         filesystem.remove_files_of_uid(sandbox.config.uid)
 
 
-def _remove_tree(path: str) -> None:
-    """Delete the host-side workdir even if the sample removed its own permissions."""
-    root = os.path.realpath(path)
+def _remove_tree(root: str) -> None:
+    """Delete the host-side directory even if the sample removed its own permissions.
+
+    ``root`` is the harness's own directory (the sample cannot rename or replace it), so
+    it is used as given: no ``realpath``, which a planted symlink could redirect.
+    """
     if os.path.lexists(root):
         shutil.rmtree(root, onerror=permission_fixer(root))
 
