@@ -26,6 +26,25 @@ def tolerance(dtype) -> float:
     return TOLERANCE[jnp.dtype(dtype)]
 
 
+def compared_dtype(actual, expected) -> jnp.dtype:
+    """The dtype a comparison of ``actual`` with ``expected`` is judged at: ``actual``'s.
+
+    The tolerance follows what is compared, never the inputs: a float32 output computed
+    from bf16 inputs (products of bf16 values are exact in float32, and the sums run in
+    float32) is judged at float32's tolerance, so a kernel that rounds its float32
+    accumulator to bf16 fails. ``expected`` must be at least as precise as ``actual``
+    (a float64 oracle or a reference in the same or a wider type); a less precise
+    reference could not judge ``actual`` at its own tolerance, so it is an error.
+    """
+    actual_dtype, expected_dtype = (jnp.dtype(np.asarray(x).dtype) for x in (actual, expected))
+    if actual_dtype not in TOLERANCE:
+        raise TypeError(f"no tolerance for {actual_dtype} (known: {sorted(map(str, TOLERANCE))})")
+    if jnp.finfo(expected_dtype).eps > jnp.finfo(actual_dtype).eps:
+        raise TypeError(f"reference in {expected_dtype} is less precise than the {actual_dtype} "
+                        "it judges")
+    return actual_dtype
+
+
 def scaled_error(actual, expected) -> float:
     """max |actual - expected| / max |expected| over finite reference entries.
 
@@ -48,12 +67,13 @@ def scaled_error(actual, expected) -> float:
     return float(np.max(np.abs(actual[finite] - expected[finite])) / scale)
 
 
-def assert_close(actual, expected, dtype, what: str = "") -> None:
-    """Scale-relative comparison at the tolerance of ``dtype``."""
+def assert_close(actual, expected, what: str = "") -> None:
+    """Scale-relative comparison at the tolerance of ``actual``'s dtype (``compared_dtype``)."""
+    dtype = compared_dtype(actual, expected)
     error = scaled_error(actual, expected)
     tol = tolerance(dtype)
     if not error <= tol:
-        raise AssertionError(f"{what}: scaled error {error:.3g} > {tol:g} ({jnp.dtype(dtype)})")
+        raise AssertionError(f"{what}: scaled error {error:.3g} > {tol:g} ({dtype})")
 
 
 def random_group_sizes(rng: np.random.Generator, num_groups: int, total: int,

@@ -1,5 +1,11 @@
 """Every config rule rejects bad values with an error that names the field."""
 
+import copy
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
 import pytest
 
 from glm5_jax.config import ConfigError, ModelConfig, dense_baseline, get_preset, tiny
@@ -50,8 +56,54 @@ def test_round_trip_through_dict():
     assert ModelConfig.from_dict(tiny().to_dict()) == tiny()
 
 
-def test_config_is_hashable_for_jit_static_args():
-    assert hash(tiny()) == hash(tiny())
+def _with_field_changed(config: ModelConfig, name: str) -> ModelConfig:
+    """A copy that differs in ``name`` only (validation bypassed: only eq/hash are under test)."""
+    value = getattr(config, name)
+    if isinstance(value, bool):
+        new = not value
+    elif isinstance(value, (int, float)):
+        new = value * 2 + 1
+    elif isinstance(value, str):
+        new = value + "_changed"
+    elif isinstance(value, tuple):
+        new = (*value, value[0])
+    elif value is None:
+        new = 0
+    else:
+        raise TypeError(f"{name}: unexpected {type(value).__name__}; extend this test")
+    changed = copy.copy(config)
+    object.__setattr__(changed, name, new)
+    return changed
+
+
+def test_equality_and_hash_see_every_field():
+    """jit caches on (hash, ==) of static args: a field left out of either would let two
+    different models share one compiled program."""
+    base = tiny()
+    equal = ModelConfig.from_dict(base.to_dict())
+    assert equal is not base and equal == base and hash(equal) == hash(base)
+    for field in dataclasses.fields(ModelConfig):
+        changed = _with_field_changed(base, field.name)
+        assert changed != base, field.name
+        assert hash(changed) != hash(base), field.name
+
+
+def test_jit_retraces_on_a_changed_config_not_on_an_equal_copy():
+    traced = []
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def scaled(config, x):
+        traced.append(config)
+        return x * config.index_topk
+
+    base = tiny()
+    other = base.replace(index_topk=base.index_topk + 1)
+    x = jnp.ones((), jnp.float32)
+    assert float(scaled(base, x)) == base.index_topk
+    assert float(scaled(ModelConfig.from_dict(base.to_dict()), x)) == base.index_topk
+    assert len(traced) == 1, "an equal config must reuse the compiled program"
+    assert float(scaled(other, x)) == other.index_topk
+    assert len(traced) == 2, "a changed config must be traced again"
 
 
 def test_full_preset_counts_match_the_release():

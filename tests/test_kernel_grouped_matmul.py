@@ -1,7 +1,8 @@
 """Grouped matmul kernel vs. its reference, forward and both gradients, interpret mode.
 
 Inputs are fresh per run (hypothesis draws shapes, group-size distributions, offsets,
-block sizes, dtype and a numpy seed; a failure prints the example). Every kernel call
+block sizes, dtype and a numpy seed; a failure prints the example and the
+KERNEL_TEST_SEED that replays the run, tests/seeds.py). Every kernel call
 runs inside ``poisoned_outputs()`` so an unwritten output block is NaN and fails.
 The reference itself is checked against a float64 numpy loop over groups.
 """
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kernel_hypothesis import slow
+from seeds import kernel_test_seed
 
 from pallas_kernels.grouped_matmul import grouped_matmul, grouped_matmul_reference
 from pallas_kernels.poison import poisoned_outputs
@@ -81,7 +83,7 @@ def cases(draw):
 
 def check_kernel(case, backend, blocks):
     lhs, rhs, sizes, cotangent = make_case(**case)
-    dtype, offset = case["dtype"], case["group_offset"]
+    offset = case["group_offset"]
     kernel = lambda a, b: grouped_matmul(a, b, sizes, group_offset=offset, backend=backend,
                                          interpret=True, **blocks)
     reference = lambda a, b: grouped_matmul_reference(a, b, sizes, group_offset=offset)
@@ -89,9 +91,9 @@ def check_kernel(case, backend, blocks):
         out, (dlhs, drhs) = forward_and_vjp(kernel, lhs, rhs, cotangent)
     ref_out, (ref_dlhs, ref_drhs) = forward_and_vjp(reference, lhs, rhs, cotangent)
     assert out.dtype == jnp.float32 and dlhs.dtype == lhs.dtype and drhs.dtype == rhs.dtype
-    assert_close(out, ref_out, dtype, f"out {case} {blocks}")
-    assert_close(dlhs, ref_dlhs, dtype, f"d_lhs {case} {blocks}")
-    assert_close(drhs, ref_drhs, dtype, f"d_rhs {case} {blocks}")
+    assert_close(out, ref_out, f"out {case} {blocks}")
+    assert_close(dlhs, ref_dlhs, f"d_lhs {case} {blocks}")
+    assert_close(drhs, ref_drhs, f"d_rhs {case} {blocks}")
 
 
 @slow(15)
@@ -133,7 +135,7 @@ EDGE_CASES = {
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_edge_cases(backend):
-    seed = np.random.SeedSequence().entropy % 2**31
+    seed = kernel_test_seed()
     rng = np.random.default_rng(seed)
     lhs = jnp.asarray(rng.standard_normal((64, 24)), jnp.float32)
     rhs = jnp.asarray(rng.standard_normal((3, 24, 20)), jnp.float32)
@@ -156,14 +158,14 @@ def test_edge_cases(backend):
             out, (dlhs, drhs) = kernel(sizes, jnp.int32(offset))
         _, (ref_dlhs, ref_drhs) = reference(sizes, jnp.int32(offset))
         what = f"{name} seed={seed}"
-        assert_close(out, numpy_grouped_matmul(lhs, rhs, sizes, offset), jnp.float32, what)
-        assert_close(dlhs, ref_dlhs, jnp.float32, what)
-        assert_close(drhs, ref_drhs, jnp.float32, what)
+        assert_close(out, numpy_grouped_matmul(lhs, rhs, sizes, offset), what)
+        assert_close(dlhs, ref_dlhs, what)
+        assert_close(drhs, ref_drhs, what)
 
 
 def test_bf16_output_and_jit():
     """preferred_element_type=bf16 and a jitted call with a traced group offset."""
-    seed = np.random.SeedSequence().entropy % 2**31
+    seed = kernel_test_seed()
     rng = np.random.default_rng(seed)
     sizes = jnp.asarray(random_group_sizes(rng, 8, 90, "skewed"))
     lhs = jnp.asarray(rng.standard_normal((96, 32)), jnp.bfloat16)
@@ -179,4 +181,4 @@ def test_bf16_output_and_jit():
             out = run(jnp.int32(offset))
         assert out.dtype == jnp.bfloat16
         expected = grouped_matmul_reference(lhs, rhs, sizes, group_offset=offset)
-        assert_close(out, expected, jnp.bfloat16, f"offset={offset} seed={seed}")
+        assert_close(out, expected, f"offset={offset} seed={seed}")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from seeds import kernel_test_rng
 
 from pallas_kernels.grouped_matmul import grouped_matmul_reference
 from pallas_kernels.indexer_scores import indexer_scores_reference
@@ -45,9 +46,7 @@ def mesh():
 @pytest.fixture
 def rng():
     """A fresh seed per test, printed; KERNEL_TEST_SEED=<seed> replays a failure."""
-    seed = int(os.environ.get("KERNEL_TEST_SEED", np.random.SeedSequence().entropy % 2**31))
-    print(f"seed={seed}")
-    return np.random.default_rng(seed)
+    return kernel_test_rng()
 
 
 def assert_weighted_sum_close(value, ref_value, ref_terms) -> None:
@@ -83,10 +82,10 @@ def test_grouped_matmul_experts_over_expert_axis(mesh, rng):
     with poisoned_outputs():
         (value, out), (dlhs, drhs) = kernel(lhs, rhs)
     (ref_value, ref_out), (ref_dlhs, ref_drhs) = reference(lhs, rhs)
-    assert_close(out, ref_out, jnp.float32, "output")
+    assert_close(out, ref_out, "output")
     assert_weighted_sum_close(value, ref_value, ref_out * weights)
-    assert_close(dlhs, ref_dlhs, jnp.float32, "d_lhs")
-    assert_close(drhs, ref_drhs, jnp.float32, "d_rhs")
+    assert_close(dlhs, ref_dlhs, "d_lhs")
+    assert_close(drhs, ref_drhs, "d_rhs")
 
 
 def test_grouped_matmul_rows_over_data_experts_over_expert(mesh, rng):
@@ -102,7 +101,7 @@ def test_grouped_matmul_rows_over_data_experts_over_expert(mesh, rng):
     expected = jnp.concatenate([
         grouped_matmul_reference(lhs[i * m_local:(i + 1) * m_local], rhs, jnp.asarray(sizes[i]))
         for i in range(2)])
-    assert_close(out, expected, jnp.float32, "rows over data")
+    assert_close(out, expected, "rows over data")
 
 
 @pytest.mark.parametrize("shared_kv", [True, False])
@@ -127,10 +126,10 @@ def test_sparse_attention_batch_over_data_heads_over_tensor(mesh, rng, shared_kv
     with poisoned_outputs():
         (value, out), grads = kernel(q, k, v)
     (ref_value, ref_out), ref_grads = reference(q, k, v)
-    assert_close(out, ref_out, jnp.float32, "output")
+    assert_close(out, ref_out, "output")
     assert_weighted_sum_close(value, ref_value, ref_out * weights)
     for name, grad, ref in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert_close(grad, ref, jnp.float32, name)
+        assert_close(grad, ref, name)
 
 
 def test_indexer_scores_batch_over_data(mesh, rng):
@@ -140,4 +139,4 @@ def test_indexer_scores_batch_over_data(mesh, rng):
     with poisoned_outputs():
         scores = jax.jit(lambda q, k, w: sharded_indexer_scores(
             q, k, w, mesh=mesh, q_offset=8, block_q=8, block_k=8))(q, k, w)
-    assert_close(scores, indexer_scores_reference(q, k, w, q_offset=8), jnp.float32, "scores")
+    assert_close(scores, indexer_scores_reference(q, k, w, q_offset=8), "scores")
