@@ -27,21 +27,37 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax
     return masked_mean(per_token, mask)
 
 
+def mtp_valid_masks(loss_mask: jax.Array, segment_ids: jax.Array, steps: int) -> list[jax.Array]:
+    """Per MTP step j: [b, s] 1 where position t's target for that step (``targets[t + j + 1]``)
+    is a real token of the same document as position t."""
+    masks = []
+    for j in range(steps):
+        shift = j + 1
+        same_document = shift_left(segment_ids, shift) == segment_ids
+        masks.append(loss_mask * shift_left(loss_mask, shift, fill=0) * same_document)
+    return masks
+
+
 def mtp_cross_entropy(mtp_logits: jax.Array, targets: jax.Array, loss_mask: jax.Array,
-                      segment_ids: jax.Array) -> jax.Array:
+                      segment_ids: jax.Array, step_counts: jax.Array | None = None) -> jax.Array:
     """Mean over MTP steps of each step's cross entropy.
 
     mtp_logits [steps, b, s, V]: step j (0-based) at position t reads token t + j + 1 and
     predicts token t + j + 2, i.e. ``targets[t + j + 1]``. That target counts only if it is a
     real token of the same document as position t (packing puts other documents next door).
+    ``step_counts`` [steps]: divide step j's summed loss by step_counts[j] instead of the number
+    of positions it counts here (a micro-batch's part of the whole batch's loss: pass the whole
+    batch's counts, ``sum(mtp_valid_masks(...)[j])``).
     """
     losses = []
-    for j in range(mtp_logits.shape[0]):
-        shift = j + 1
-        step_targets = shift_left(targets, shift)
-        same_document = shift_left(segment_ids, shift) == segment_ids
-        valid = loss_mask * shift_left(loss_mask, shift, fill=0) * same_document
-        losses.append(cross_entropy(mtp_logits[j], step_targets, valid))
+    for j, valid in enumerate(mtp_valid_masks(loss_mask, segment_ids, mtp_logits.shape[0])):
+        step_targets = shift_left(targets, j + 1)
+        if step_counts is None:
+            losses.append(cross_entropy(mtp_logits[j], step_targets, valid))
+        else:
+            per_token = optax.softmax_cross_entropy_with_integer_labels(
+                mtp_logits[j].astype(jnp.float32), step_targets)
+            losses.append(jnp.sum(per_token * valid) / jnp.maximum(step_counts[j], 1.0))
     return jnp.mean(jnp.stack(losses))
 
 

@@ -5,8 +5,10 @@ loop compiles once per attention stage (``experiment.STAGES``) with named shardi
 
 1. The batch splits into ``grad_accum_steps`` micro-batches (row i goes to micro-batch
    i % accum, so every micro-batch is spread over all data-parallel devices). Each
-   micro-batch's losses are token means weighted by its share of the batch's tokens, so the
-   accumulated gradient equals the full batch's.
+   micro-batch's loss terms count as their part of the whole batch's (token means by its share
+   of the batch's tokens, the balance loss by its share of rows, MTP step j divided by the
+   whole batch's count of that step's positions), so the accumulated gradient equals the full
+   batch's.
 2. The forward pass captures each layer's attention input and router outputs
    (``capture_intermediates``) for the indexer KL and the balance loss, beside the expert
    loads the MoE layers sow.
@@ -41,6 +43,7 @@ from glm5_jax.train.indexer_loss import indexer_loss_and_recall
 from glm5_jax.train.losses import (
     cross_entropy,
     mtp_cross_entropy,
+    mtp_valid_masks,
     sequence_balance_loss,
 )
 from glm5_jax.train.routing_bias import (
@@ -84,13 +87,19 @@ def _router_outputs(intermediates: Any) -> list[tuple[jax.Array, jax.Array]]:
 
 def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, stage: str
                  ) -> Callable[..., tuple[jax.Array, dict]]:
-    """loss_fn(params, routing, batch, token_share, rng) -> (weighted objective, aux)."""
+    """loss_fn(params, routing, batch, token_share, rng, whole_batch=None) -> (weighted objective, aux).
+
+    ``whole_batch``: ``batch_counts`` of the batch that ``batch`` is a micro-batch of. Each term
+    then counts as its part of the whole batch's: token means (CE, indexer KL) by
+    ``token_share``, the balance loss (a mean over rows) by the share of rows, and MTP step j
+    (a mean over its own valid positions) divided by the whole batch's count of them."""
     seq_len = config.seq_len
     model = GLM5Model(forward_config(model_config, stage, seq_len))
     has_mtp = model_config.num_mtp_layers > 0
     has_moe = model_config.num_moe_layers > 0 and not model_config.moe_as_dense
 
-    def loss_fn(params, routing, batch: Batch, token_share: jax.Array, rng: jax.Array):
+    def loss_fn(params, routing, batch: Batch, token_share: jax.Array, rng: jax.Array,
+                whole_batch: dict | None = None):
         outputs, collections = model.apply(
             {"params": params, "routing": routing}, batch["inputs"], batch["positions"],
             batch["segment_ids"], return_mtp=has_mtp, mutable=["intermediates"],
@@ -101,7 +110,8 @@ def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, s
         batch_size, seq = targets.shape
 
         terms = {"ce_loss": cross_entropy(logits, targets, loss_mask)}
-        terms["mtp_loss"] = (mtp_cross_entropy(mtp_logits, targets, loss_mask, segment_ids)
+        terms["mtp_loss"] = (mtp_cross_entropy(mtp_logits, targets, loss_mask, segment_ids,
+                                               None if whole_batch is None else whole_batch["mtp"])
                              if has_mtp else jnp.zeros(()))
         terms["balance_loss"] = (
             sequence_balance_loss(_router_outputs(intermediates), batch_size, seq, loss_mask,
@@ -112,6 +122,11 @@ def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, s
         terms["indexer_kl"], terms["indexer_recall"] = indexer_loss_and_recall(
             model_config, stage, params, intermediates, cos, sin, mask, loss_mask)
 
+        shares = dict.fromkeys(terms, token_share)
+        if whole_batch is not None:
+            shares["mtp_loss"] = 1.0  # already divided by the whole batch's counts
+            shares["balance_loss"] = batch_size / whole_batch["rows"]
+        terms = {k: v * shares[k] for k, v in terms.items()}
         indexer_term = config.indexer_loss_weight * terms["indexer_kl"]
         if stage != DENSE_WARMUP:
             objective = (terms["ce_loss"] + config.mtp_loss_weight * terms["mtp_loss"]
@@ -119,11 +134,19 @@ def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, s
         else:
             objective = indexer_term
         terms["loss"] = objective
-        aux = {"terms": {k: v * token_share for k, v in terms.items()},
-               "loads": collect_expert_loads(intermediates)}
-        return objective * token_share, aux
+        aux = {"terms": terms, "loads": collect_expert_loads(intermediates)}
+        return objective, aux
 
     return loss_fn
+
+
+def batch_counts(model_config: ModelConfig, batch: Batch) -> dict:
+    """What the whole batch's non-token-mean terms divide by: rows, and MTP step j's valid positions."""
+    counts = {"rows": batch["loss_mask"].shape[0]}
+    if model_config.num_mtp_layers:
+        counts["mtp"] = jnp.stack([jnp.sum(m) for m in mtp_valid_masks(
+            batch["loss_mask"], batch["segment_ids"], model_config.mtp_num_steps)])
+    return counts
 
 
 def _microbatches(batch: Batch, accum: int) -> Batch:
@@ -144,10 +167,12 @@ def make_train_step(model_config: ModelConfig, config: ml_collections.ConfigDict
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng, step_rng = jax.random.split(state.rng)
         total_tokens = jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
+        whole_batch = batch_counts(model_config, batch)
 
         def micro_grads(micro: Batch, micro_rng: jax.Array):
             share = jnp.sum(micro["loss_mask"]) / total_tokens
-            (_, aux), grads = grad_fn(state.params, state.routing, micro, share, micro_rng)
+            (_, aux), grads = grad_fn(state.params, state.routing, micro, share, micro_rng,
+                                      None if accum == 1 else whole_batch)
             return grads, aux
 
         if accum == 1:
