@@ -34,6 +34,13 @@ RL = [
     "ray>=2.60",  # the multi-host rollout backend (--config.backend=ray)
 ]
 
+TPU = [
+    # libtpu's compiler: deviceless AOT compilation for TPU topologies (python -m
+    # glm5_jax.plan) from any host, and running on TPU VMs. The extra pins the libtpu that
+    # matches this jax.
+    "jax[tpu]==0.10.2",
+]
+
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.6",
@@ -49,7 +56,8 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"hf": HF, "rl": RL, "test": TEST + HF + RL, "all": TEST + HF + RL},
+    extras_require={"hf": HF, "rl": RL, "tpu": TPU, "test": TEST + HF + RL + TPU,
+                    "all": TEST + HF + RL + TPU},
     entry_points={
         "console_scripts": [
             "glm5-eval=glm5_jax.eval.cli:main",

@@ -50,21 +50,33 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def parse_mesh_spec(spec: str, num_devices: int | None = None) -> dict[str, int]:
-    """Parse ``"data=1,fsdp=4,expert=2,tensor=1"``; unnamed axes get size 1.
+    """Parse ``"data=1,fsdp=4,expert=2,tensor=1"``; unnamed axes get size 1, and one axis
+    may be ``-1``: it takes the devices the others leave (``"fsdp=-1,expert=32"``).
 
     The product of the sizes must equal the number of devices; the error says which.
     """
     num_devices = jax.device_count() if num_devices is None else num_devices
     sizes = {axis: 1 for axis in MESH_AXES}
+    fill = None
     for part in filter(None, (p.strip() for p in spec.split(","))):
         if "=" not in part:
             raise ValueError(f"mesh entry {part!r} must look like axis=size, e.g. 'fsdp=4'")
         name, value = (x.strip() for x in part.split("=", 1))
         if name not in MESH_AXES:
             raise ValueError(f"mesh axis {name!r} is unknown; allowed axes: {list(MESH_AXES)}")
+        if value == "-1" and fill is None:
+            fill = name
+            continue
         if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"mesh axis {name}={value!r} must be a positive integer")
+            raise ValueError(f"mesh axis {name}={value!r} must be a positive integer "
+                             "(or -1 for one axis: the remaining devices)")
         sizes[name] = int(value)
+    if fill is not None:
+        rest = int(np.prod(list(sizes.values())))
+        if num_devices % rest:
+            raise ValueError(f"mesh {spec!r}: {num_devices} devices do not divide by the "
+                             f"{rest} the fixed axes take, so {fill}=-1 has no size")
+        sizes[fill] = num_devices // rest
     product = int(np.prod(list(sizes.values())))
     if product != num_devices:
         raise ValueError(

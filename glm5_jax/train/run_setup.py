@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -28,23 +29,25 @@ from glm5_jax.train.train_state import TrainState, init_train_state, state_shard
 from glm5_jax.train.train_step import make_train_step
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32,
+                "positions": jnp.int32, "loss_mask": jnp.float32}  # as data/packing.py makes them
 
 
 @dataclasses.dataclass
 class Run:
+    """A run's layout (mesh, model, optimizer, shardings: see ``RunLayout``, whose fields
+    read through as ``run.mesh`` etc.) plus its data."""
+
     config: ml_collections.ConfigDict
-    mesh: Mesh
     data_config: DataConfig
     prepared: PreparedCorpus
-    model_config: ModelConfig
-    param_specs: Any  # logical PartitionSpecs of the params
-    optimizer: optax.GradientTransformation
-    schedule: optax.Schedule
-    init: Callable[[], TrainState]
-    abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
-    shardings: TrainState
-    data_sharding: NamedSharding
+    layout: "RunLayout"
     _compiled: dict[str, Callable] = dataclasses.field(default_factory=dict)  # jitted, by name
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "layout":
+            raise AttributeError(name)
+        return getattr(self.layout, name)
 
     def init_state(self) -> TrainState:
         """The step-0 state, created directly in its shardings."""
@@ -55,10 +58,7 @@ class Run:
     def step_fn(self, stage: str) -> Callable:
         """The jitted train step of a stage (compiled on first call; call inside the mesh)."""
         if stage not in self._compiled:
-            self._compiled[stage] = jax.jit(
-                make_train_step(self.model_config, self.config, self.optimizer, self.schedule, stage),
-                in_shardings=(self.shardings, {key: self.data_sharding for key in BATCH_KEYS}),
-                out_shardings=(self.shardings, None), donate_argnums=0)
+            self._compiled[stage] = self.layout.jit_step(stage)
         return self._compiled[stage]
 
     def to_device(self, batch: dict) -> dict:
@@ -67,14 +67,44 @@ class Run:
                 for key in BATCH_KEYS}
 
 
-def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Run:
-    """Check the config, build the corpus and tokenizer (the vocabulary sizes the model), and
-    lay the state out on the mesh. ``devices`` defaults to all; the mesh must cover them."""
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """Everything about a run but its data: the model, optimizer and state laid out on a
+    mesh, and the jitted step per stage. ``build_run`` and the planner (``glm5_jax.plan``,
+    which compiles for devices that are not here) share it, so they build one program."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    model_config: ModelConfig
+    param_specs: Any
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    init: Callable[[], TrainState]
+    abstract_state: TrainState
+    shardings: TrainState
+    data_sharding: NamedSharding
+
+    def jit_step(self, stage: str) -> Callable:
+        """``jax.jit`` of the stage's train step with the run's shardings (not compiled)."""
+        return jax.jit(
+            make_train_step(self.model_config, self.config, self.optimizer, self.schedule, stage),
+            in_shardings=(self.shardings, {key: self.data_sharding for key in BATCH_KEYS}),
+            out_shardings=(self.shardings, None), donate_argnums=0)
+
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch as the step receives it (shapes, dtypes, sharding)."""
+        shape = (self.config.batch_size, self.config.seq_len)
+        return {key: jax.ShapeDtypeStruct(shape, BATCH_DTYPES[key], sharding=self.data_sharding)
+                for key in BATCH_KEYS}
+
+
+def build_layout(config: ml_collections.ConfigDict, vocab_size: int,
+                 devices: Sequence[jax.Device] | None = None) -> RunLayout:
+    """Mesh, model, optimizer and state shardings for ``config`` on ``devices`` (default:
+    all local ones; deviceless TPU devices work too: nothing is allocated here)."""
     validate(config)
     mesh = make_mesh(config.mesh, devices)
-    data_config = data_config_from(config)
-    prepared = prepare_corpus(data_config)
-    model_config = model_config_from(config, vocab_size_of(prepared))
+    model_config = model_config_from(config, vocab_size)
     model = GLM5Model(model_config)
     param_specs = logical_partition_specs(model)["params"]
     optimizer, schedule = make_optimizer(config, param_specs)
@@ -83,7 +113,15 @@ def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     shardings = state_shardings(mesh, abstract, param_specs)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
-    return Run(config=config, mesh=mesh, data_config=data_config, prepared=prepared,
-               model_config=model_config, param_specs=param_specs, optimizer=optimizer,
-               schedule=schedule, init=init, abstract_state=abstract, shardings=shardings,
-               data_sharding=batch_sharding(mesh))
+    return RunLayout(config, mesh, model_config, param_specs, optimizer, schedule, init,
+                     abstract, shardings, batch_sharding(mesh))
+
+
+def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Run:
+    """Check the config, build the corpus and tokenizer (the vocabulary sizes the model), and
+    lay the state out on the mesh. ``devices`` defaults to all; the mesh must cover them."""
+    validate(config)
+    data_config = data_config_from(config)
+    prepared = prepare_corpus(data_config)
+    layout = build_layout(config, vocab_size_of(prepared), devices)
+    return Run(config=config, data_config=data_config, prepared=prepared, layout=layout)

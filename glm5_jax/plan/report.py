@@ -1,0 +1,54 @@
+"""The planner's human-readable output: a per-device table and, when a stage does not
+fit, one sentence saying what is over, by how much, and what to try."""
+
+from __future__ import annotations
+
+from glm5_jax.plan.hlo_collectives import KINDS
+from glm5_jax.plan.planner import Plan
+
+GIB = 1 << 30
+
+
+def gib(value: float | None) -> str:
+    return "-" if value is None else f"{value / GIB:,.2f} GiB"
+
+
+def render_table(plan: Plan) -> str:
+    topology, chip = plan.topology, plan.topology.chip
+    mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items() if v > 1) or "1 device"
+    lines = [
+        f"{plan.config.model} on {topology.name} ({topology.compiler_name}, "
+        f"{topology.num_chips} chips, {gib(chip.hbm_bytes)} HBM each); mesh {mesh}; "
+        f"seq {plan.config.seq_len} x batch {plan.config.batch_size}",
+        f"per device: parameters {gib(plan.params_bytes)}, optimizer state "
+        f"{gib(plan.optimizer_bytes)}, model FLOPs per step {plan.model_flops:.3e}",
+        "",
+    ]
+    header = ["stage", "fits", "peak", "of HBM", "arguments", "temporaries", "HLO FLOPs",
+              *sorted(set(KINDS.values())), "step (roofline)", "bound", "MFU"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in plan.stages:
+        kinds = sorted(set(KINDS.values()))
+        collective = ([gib(s.collectives.bytes_by_kind[k]) for k in kinds] if s.collectives
+                      else ["-"] * len(kinds))
+        r = s.roofline
+        lines.append("| " + " | ".join([
+            s.stage, "yes" if s.fits else "NO", gib(s.peak_bytes),
+            f"{100 * s.peak_bytes / plan.hbm_bytes:,.0f}%", gib(s.argument_bytes),
+            gib(s.temp_bytes), "-" if s.hlo_flops is None else f"{s.hlo_flops:.3e}",
+            *collective, "-" if r is None else f"{r.step_s * 1e3:,.1f} ms",
+            "-" if r is None else r.bound, "-" if r is None else f"{100 * r.mfu:.1f}%",
+        ]) + " |")
+        if s.compiler_refused:
+            lines.append(f"  compiler: {s.compiler_refused}")
+    return "\n".join(lines)
+
+
+def does_not_fit_sentence(plan: Plan) -> str:
+    worst = plan.worst
+    over = worst.peak_bytes / plan.hbm_bytes
+    return (f"does not fit: stage {worst.stage} needs {gib(worst.peak_bytes)} per device "
+            f"against {gib(plan.hbm_bytes)} of HBM on {plan.topology.name} ({over:,.1f}x over); "
+            "try more chips, a mesh that shards the weights further (--config.mesh=fsdp=-1,"
+            "expert=N), a smaller --config.batch_size or --config.seq_len, or "
+            "--config.grad_accum_steps.")

@@ -1,0 +1,124 @@
+"""The planner: TPU topology names, collective bytes read from compiled HLO (trip counts
+of scanned loops applied), and the CLI on small topologies (libtpu's real compiler, no
+TPU needed): the tiny preset fits and prints the JSON contract; a 2-layer glm5_full on
+four v5e chips does not fit and says so in one sentence, exit 3, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from glm5_jax.plan.hlo_collectives import array_bytes, collective_stats
+from glm5_jax.plan.topology import CHIPS, TopologyError, parse_topology
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JSON_KEYS = {"fits", "peak_bytes_per_device", "hbm_bytes_per_device", "flops_per_device",
+             "mesh", "topology"}
+
+
+@pytest.mark.parametrize("name, chips, grid", [
+    ("v5p-1024", 512, (8, 8, 8)), ("v5p-8", 4, (2, 2, 1)), ("v5p-32", 16, (2, 2, 4)),
+    ("v5p-2048", 1024, (8, 8, 16)), ("v4-32", 16, (2, 2, 4)), ("v6e-256", 256, (16, 16)),
+    ("v5litepod-16", 16, (4, 4)), ("v5e-8", 8, (2, 4)), ("v5p:4x4x8", 128, (4, 4, 8)),
+])
+def test_cloud_names_count_cores_or_chips_by_generation(name, chips, grid):
+    topology = parse_topology(name)
+    assert (topology.num_chips, topology.grid) == (chips, grid)
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("v5p-12", "power of two"), ("v5p-7", "N must be even"), ("v9-8", "unknown TPU generation"),
+    ("v5p:8x8", "3 dimensions"), ("tpu", "not understood"),
+])
+def test_bad_topology_names_say_why(name, fragment):
+    with pytest.raises(TopologyError, match=fragment):
+        parse_topology(name)
+
+
+def test_array_bytes_of_tuple_shapes():
+    assert array_bytes("(bf16[2,3]{1,0}, f32[4]{0})") == 2 * 6 + 4 * 4
+    assert array_bytes("(bf16[8]{0}, bf16[64]{0})", largest_only=True) == 128
+    assert array_bytes("s32[]") == 4
+
+
+def test_collectives_inside_a_scan_count_once_per_iteration():
+    """A 6-step scan whose weights are sharded over 8 chips: every step all-gathers one
+    [512, 512] bf16 weight forward and backward, and all-reduces its gradient."""
+    devices = parse_topology("v5p-16").devices()
+    mesh = Mesh(np.asarray(devices).reshape(8), ("x",))
+    layers, width = 6, 512
+
+    def loss(weights, x):
+        def body(carry, w):
+            y = jax.lax.with_sharding_constraint(carry @ w, NamedSharding(mesh, PartitionSpec("x")))
+            return y, None
+        return jax.lax.scan(body, x, weights)[0].sum()
+
+    step = jax.jit(jax.grad(loss), in_shardings=(
+        NamedSharding(mesh, PartitionSpec(None, None, "x")), NamedSharding(mesh, PartitionSpec("x"))))
+    compiled = step.lower(jax.ShapeDtypeStruct((layers, width, width), jnp.bfloat16),
+                          jax.ShapeDtypeStruct((256, width), jnp.bfloat16)).compile()
+    stats = collective_stats(compiled.as_text())
+    weight_bytes = width * width * 2
+    assert stats.unknown_trip_counts == 0
+    assert stats.count_by_kind["all-gather"] == 2 * layers
+    assert stats.bytes_by_kind["all-gather"] == 2 * layers * weight_bytes
+    assert stats.bytes_by_kind["all-reduce"] == layers * weight_bytes
+
+
+def run_planner(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "glm5_jax.plan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_tiny_preset_fits_on_a_v5p_host_and_prints_the_json_contract():
+    completed = run_planner("--config=experiments/tiny.py", "--topology=v5p-8",
+                            "--stages=sparse", "--config.mesh=fsdp=2,expert=2")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert JSON_KEYS <= set(report)
+    assert report["fits"] is True and report["topology"] == "v5p-8" and report["chips"] == 4
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
+    assert report["hbm_bytes_per_device"] == CHIPS["v5p"].hbm_bytes
+    assert 0 < report["peak_bytes_per_device"] < report["hbm_bytes_per_device"]
+    # What the chip holds: parameters and optimizer state are part of the peak.
+    held = report["params_bytes_per_device"] + report["optimizer_bytes_per_device"]
+    assert 0 < held < report["peak_bytes_per_device"]
+    # The compiled step does at least the model's FLOPs (3 x forward) per device.
+    assert report["flops_per_device"] >= report["model_flops_per_device"] > 0
+    assert 0 < report["mfu"] < 1
+    assert "| sparse | yes |" in completed.stdout
+
+
+def test_full_model_on_four_small_chips_exits_3_with_one_sentence():
+    completed = run_planner("--config=experiments/glm5_full.py", "--topology=v5e-4",
+                            "--stages=dense", "--config.seq_len=128", "--config.batch_size=4",
+                            "--config.model_overrides.num_hidden_layers=2",
+                            "--config.model_overrides.first_k_dense_replace=1",
+                            "--config.mesh=fsdp=4")
+    assert completed.returncode == 3, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    sentence = [line for line in completed.stdout.splitlines() if line.startswith("does not fit")]
+    assert len(sentence) == 1 and "v5e-4" in sentence[0] and "x over" in sentence[0]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["fits"] is False
+    assert report["peak_bytes_per_device"] > report["hbm_bytes_per_device"]
+
+
+def test_usage_errors_exit_2_without_a_traceback():
+    completed = run_planner("--config=experiments/tiny.py", "--topology=v5p-12")
+    assert completed.returncode == 2
+    assert "power of two" in completed.stderr and "Traceback" not in completed.stderr
+    completed = run_planner("--config=experiments/tiny.py", "--topology=v5p-8",
+                            "--config.mesh=fsdp=3")
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "mesh" in completed.stderr
