@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Declared here so the command line can change them (--config.model_overrides.X=...):
     # the released values, restated.
     config.model_overrides = ml_collections.ConfigDict({
-        "moe_impl": "ragged_dot", "num_hidden_layers": 78, "first_k_dense_replace": 3})
+        "moe_impl": "ragged_dot", "num_hidden_layers": 78, "first_k_dense_replace": 3,
+        "remat_policy": "full"})
     config.compute_dtype = "bfloat16"
     config.param_dtype = "float32"
 

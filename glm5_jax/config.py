@@ -18,6 +18,8 @@ INDEXER_TYPES = ("full", "shared")
 ROUTER_MODES = ("static", "dynamic")
 ATTENTION_IMPLS = ("masked_dense", "gather", "pallas")
 MOE_IMPLS = ("ragged_dot", "pallas", "blocked")
+# What a scanned block keeps for the backward pass (glm5_jax/model/remat.py says each).
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_offload")
 DTYPES = ("float32", "bfloat16", "float16")
 ACTIVATIONS = ("silu",)
 
@@ -94,6 +96,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention_impl: str = "masked_dense"
     moe_impl: str = "ragged_dot"
+    remat_policy: str = "none"  # per scanned block; see REMAT_POLICIES
     bos_token_id: int | None = 0
     eos_token_id: int | None = 1
     pad_token_id: int | None = None
@@ -198,10 +201,11 @@ def _validate(c: ModelConfig) -> None:
         "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "index_topk", "index_n_heads",
         "index_head_dim", "n_group", "topk_group",
     )
-    for name in ("rope_type", "router_mode", "attention_impl", "moe_impl", "hidden_act"):
+    for name in ("rope_type", "router_mode", "attention_impl", "moe_impl", "hidden_act",
+                 "remat_policy"):
         allowed = {"rope_type": ROPE_TYPES, "router_mode": ROUTER_MODES,
                    "attention_impl": ATTENTION_IMPLS, "moe_impl": MOE_IMPLS,
-                   "hidden_act": ACTIVATIONS}[name]
+                   "hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES}[name]
         _one_of(c, name, allowed)
     _one_of(c, "dtype", DTYPES)
     _one_of(c, "param_dtype", DTYPES)

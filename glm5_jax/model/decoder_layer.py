@@ -19,6 +19,7 @@ from glm5_jax.model.linear import dtype_of
 from glm5_jax.model.mlp import MLP
 from glm5_jax.model.moe import MoE
 from glm5_jax.model.norms import RMSNorm
+from glm5_jax.model.remat import rematerialised
 from glm5_jax.model.router import ROUTING_COLLECTION
 
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -84,7 +85,7 @@ class LayerStack(nn.Module):
         period = block_period(self.indexer_types)
         repeats = len(self.indexer_types) // period
         scanned = nn.scan(
-            LayerBlock,
+            rematerialised(LayerBlock, self.config.remat_policy),
             variable_axes={"params": 0, ROUTING_COLLECTION: 0, "intermediates": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
