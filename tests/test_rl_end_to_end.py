@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from glm5_jax.rl.checkpoint import RunCheckpointer
 from glm5_jax.rl.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,13 +71,78 @@ def assert_accounted(record: dict) -> None:
                                           + record["buffer/buffered"])
     assert record["buffer/dispatched"] == (record["buffer/generated"] + record["buffer/lost"]
                                            + record["buffer/running"])
+    assert record["buffer/dropped"] == sum(record[f"buffer/dropped_{reason}"]
+                                           for reason in ("stale", "env_crashed", "group_too_small"))
     assert record["buffer/duplicates"] == 0
 
 
-def test_async_run_survives_a_sigkilled_worker_and_resumes(tmp_path):
+def assert_records_consistent(records: list[dict], config, previous: dict | None = None) -> None:
+    """Values, not just keys: each record agrees with itself, the config and the one before."""
+    weights = config.reward
+    for record in records:
+        assert_accounted(record)
+        assert record["policy_version"] == record["step"]  # sync_every=1: one push per step
+        assert record["samples"] == sum(record["staleness_histogram"].values())
+        assert 0 < record["samples"] <= config.groups_per_batch * config.group_size
+        assert max(map(int, record["staleness_histogram"])) <= config.max_staleness
+        assert record["dropped_samples"] == record["buffer/dropped"]
+        # Single-turn episodes: the reward is the hierarchical sum of the (averaged) terms;
+        # the lower terms are each in [0, 1] and count only for passing samples.
+        assert record["reward/correct"] == pytest.approx(record["pass_rate"], abs=1e-12)
+        floor = weights.correct * record["reward/correct"] + \
+            weights.fraction_passed * record["reward/fraction_passed"]
+        ceiling = floor + (weights.simplicity + weights.cleanliness + weights.feedback) * record["pass_rate"]
+        assert floor - 1e-9 <= record["reward"] <= ceiling + 1e-9
+        assert 0.0 <= record["reward/fraction_passed"] <= 1.0 and 0.0 <= record["pass_rate"] <= 1.0
+        assert 0.0 <= record["learner_idle_fraction"] <= 1.0
+        assert 0.0 < record["worker_utilisation"] <= 1.0
+        assert record["wall_time"] > 0 and record["tokens_per_s/trained"] > 0
+        assert record["workers/generated_tokens"] > 0 and record["tokens_per_s/generated"] > 0
+        assert record["push/bytes"] > 0 and record["learner/grad_norm"] >= 0
+        if record["reward"] == 0.0:  # rewards are >= 0: all zero, so every advantage is zero
+            assert record["learner/loss"] == 0.0 and record["learner/grad_norm"] == 0.0
+        if previous is not None:  # the books only grow, by exactly what the step consumed
+            assert record["step"] == previous["step"] + 1
+            assert record["wall_time"] > previous["wall_time"]
+            assert record["buffer/consumed"] - previous["buffer/consumed"] == record["samples"]
+            assert record["buffer/groups_consumed"] - previous["buffer/groups_consumed"] == \
+                config.groups_per_batch
+            for key in ("dispatched", "generated", "lost", "dropped", "padded"):
+                assert record[f"buffer/{key}"] >= previous[f"buffer/{key}"], key
+        else:
+            assert record["step"] == 1 and record["buffer/consumed"] == record["samples"]
+            assert record["buffer/groups_consumed"] == config.groups_per_batch
+        previous = record
+
+
+def assert_rates_from_a_fresh_clock(record: dict) -> None:
+    """Without a resume the rates' denominator is the record's own wall time."""
+    assert record["tokens_per_s/generated"] * record["wall_time"] == pytest.approx(
+        record["workers/generated_tokens"], rel=1e-9)
+
+
+def test_async_run_survives_a_sigkilled_worker_and_resumes(tmp_path, monkeypatch):
     config, _ = small_config(tmp_path)
     workdir = tmp_path / "run"
-    kill = {}
+    kill = {"lost_ids": [], "filed_ids": []}
+
+    def record_the_books(buffer):
+        """From the kill on, note which episodes the buffer files and which it counts lost."""
+        mark_lost, add = buffer.mark_lost, buffer.add
+
+        def recording_mark_lost(group_id, episode_id):
+            before = buffer.accounting.lost
+            mark_lost(group_id, episode_id)
+            if buffer.accounting.lost != before:
+                kill["lost_ids"].append(episode_id)
+
+        def recording_add(trajectory):
+            filed = add(trajectory)
+            if filed:
+                kill["filed_ids"].append(trajectory.episode_id)
+            return filed
+
+        buffer.mark_lost, buffer.add = recording_mark_lost, recording_add
 
     def kill_worker_mid_order(coordinator):
         deadline = time.monotonic() + 300
@@ -84,9 +150,11 @@ def test_async_run_survives_a_sigkilled_worker_and_resumes(tmp_path):
             with coordinator.lock:
                 owed = coordinator.outstanding_by_worker().get(0)
                 if owed:
+                    record_the_books(coordinator.buffer)
                     kill["pid"] = coordinator.pool.kill(0)
-                    kill["owed"] = len(owed)
+                    kill["owed"] = list(owed)
                     kill["lost_before"] = coordinator.buffer.accounting.lost
+                    kill["coordinator"] = coordinator
                     return
             time.sleep(0.005)
 
@@ -96,29 +164,47 @@ def test_async_run_survives_a_sigkilled_worker_and_resumes(tmp_path):
             killer.start()
             kill["thread"] = killer
 
+    saved_runs = {}  # what each checkpoint wrote for the run (its buffer's books)
+    save = RunCheckpointer.save
+
+    def recording_save(self, step, state, run):
+        saved_runs[step] = json.loads(json.dumps(run))
+        save(self, step, state, run)
+
+    monkeypatch.setattr(RunCheckpointer, "save", recording_save)
+
     last = train(config, workdir, on_step=on_step)
     kill["thread"].join()
-    assert kill.get("owed", 0) > 0, "worker 0 never received an order"
+    assert kill.get("owed"), "worker 0 never received an order"
     records = read_metrics(workdir)
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # the learner kept going
     assert last["workers/restarts"] == 1
-    # Episodes it owed either reached the buffer before it died or are counted lost; none twice.
-    assert 0 <= last["buffer/lost"] - kill["lost_before"] <= kill["owed"]
+    # Each episode it owed either reached the buffer (written before it died) or is counted
+    # lost: exactly once, none left running, and the books' lost count is exactly those.
+    owed, lost, arrived = set(kill["owed"]), kill["lost_ids"], set(kill["owed"]) & set(kill["filed_ids"])
+    assert len(set(lost)) == len(lost) and set(lost) | arrived == owed and not set(lost) & arrived
+    assert last["buffer/lost"] - kill["lost_before"] == len(lost)
+    still_running = {e for _, e in kill["coordinator"].buffer.outstanding_episodes()}
+    assert not still_running & owed
+    assert_records_consistent(records, config)
     for record in records:
-        assert_accounted(record)
-        assert max(map(int, record["staleness_histogram"])) <= config.max_staleness
+        assert_rates_from_a_fresh_clock(record)
     assert sum(r["samples"] for r in records) == last["buffer/consumed"]
     assert records[-1]["policy_version"] == 4
 
-    # Resume: the checkpoint at step 4 carries the learner and the buffer's books.
+    # Resume: the checkpoint at step 4 carries the learner and the buffer's books; what was
+    # running then died with the old workers and is lost, exactly.
+    books = saved_runs[4]["buffer"]
+    assert books["accounting"]["consumed"] == last["buffer/consumed"]
+    running_at_save = sum(len(group["outstanding"]) for group in books["groups"])
     config.total_steps = 6
     resumed = train(config, workdir)
     records = read_metrics(workdir)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
-    assert resumed["policy_version"] == 6
-    assert resumed["buffer/consumed"] >= last["buffer/consumed"] + 2 * 2 * 4 - 2 * 4  # padding aside
-    assert resumed["buffer/lost"] >= last["buffer/lost"] + last["buffer/running"]
-    assert_accounted(resumed)
+    assert resumed["policy_version"] == 6 and resumed["workers/restarts"] == 0
+    assert_records_consistent(records[4:], config, previous=records[3])
+    assert resumed["buffer/lost"] == books["accounting"]["lost"] + running_at_save
+    assert resumed["buffer/consumed"] == sum(r["samples"] for r in records)
 
 
 def test_entry_point_runs_lock_step_mode(tmp_path):
@@ -132,14 +218,18 @@ def test_entry_point_runs_lock_step_mode(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     records = read_metrics(workdir)
     assert [r["step"] for r in records] == [1, 2]
-    # Lock-step: every sample was generated by the weights being trained.
+    # Lock-step: every sample was generated by the weights being trained, each round
+    # dispatched exactly one batch and nothing is left over, lost or dropped.
     assert all(r["staleness_histogram"] == {"0": 8} for r in records)
-    for record in records:
-        assert_accounted(record)
-        for key in ("wall_time", "policy_version", "reward", "reward/correct", "pass_rate",
-                    "dropped_samples", "learner_idle_fraction", "worker_utilisation",
-                    "tokens_per_s/generated", "tokens_per_s/trained"):
-            assert key in record
+    config = small_config(tmp_path, num_workers=1, total_steps=2)[0]
+    assert_records_consistent(records, config)
+    for step, record in enumerate(records, start=1):
+        assert_rates_from_a_fresh_clock(record)
+        assert (record["buffer/dispatched"], record["buffer/generated"], record["buffer/consumed"]) \
+            == (8 * step, 8 * step, 8 * step)
+        assert (record["buffer/lost"], record["buffer/running"], record["buffer/buffered"],
+                record["buffer/dropped"], record["buffer/padded"]) == (0, 0, 0, 0, 0)
+        assert record["workers/restarts"] == 0 and record["workers/ready"] == 1
 
     # Fixed evaluation of the kept snapshots (warm start + every step), then resumed: no repeats.
     evaluate = [sys.executable, "-m", "glm5_jax.rl.evaluation", f"--workdir={workdir}",
@@ -157,7 +247,16 @@ def test_entry_point_runs_lock_step_mode(tmp_path):
         # Level 1 has 29 tasks; 20% of them (6) are held out and never trained on.
         assert result["tasks"] == (23 if result["split"] == "train" else 6)
         assert result["episodes"] == result["tasks"]
-        assert 0.0 <= result["pass_rate"] <= 1.0 and "reward/correct" in result
+        scored = result["episodes"] - result["crashed"]
+        assert scored > 0 and result["reward/correct"] == pytest.approx(result["pass_rate"], abs=1e-12)
+        passed = result["pass_rate"] * scored
+        assert 0 <= round(passed) <= scored and passed == pytest.approx(round(passed), abs=1e-9)
+        # One sample per task: the solved fraction counts the same passes over all tasks.
+        assert result["tasks_solved_fraction"] == pytest.approx(round(passed) / result["tasks"])
+        floor = config.reward.correct * result["reward/correct"] + \
+            config.reward.fraction_passed * result["reward/fraction_passed"]
+        lower_terms = config.reward.simplicity + config.reward.cleanliness + config.reward.feedback
+        assert floor - 1e-9 <= result["reward"] <= floor + lower_terms * result["pass_rate"] + 1e-9
 
 
 def test_ray_backend_runs_the_same_experiment(tmp_path):
@@ -166,4 +265,7 @@ def test_ray_backend_runs_the_same_experiment(tmp_path):
                              checkpoint_every=0, ray_num_cpus=2)
     last = train(config, tmp_path / "ray")
     assert last["step"] == 2 and last["workers/ready"] == 1
-    assert_accounted(last)
+    records = read_metrics(tmp_path / "ray")
+    assert records[-1] == {key: last[key] for key in records[-1]}
+    assert_records_consistent(records, config)
+    assert last["buffer/consumed"] == sum(r["samples"] for r in records)

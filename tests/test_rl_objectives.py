@@ -64,15 +64,43 @@ def test_truncated_is_caps_the_weight_but_keeps_every_token():
 
 
 def test_policy_objective_dispatch_and_errors():
-    x = jnp.zeros((1, 2))
-    mask = jnp.ones((1, 2))
-    for name in ("direct_double_sided", "truncated_is"):
-        assert policy_objective(name, x, x, x, mask).loss.shape == ()
-    assert policy_objective("decoupled", x, x, x, mask, proximal_logprobs=x).loss.shape == ()
+    # Three policy tokens with ratios 5, 10/9, 5/6 (log-probs 0.5 each) and one feedback token.
+    logp = jnp.log(jnp.array([[0.5, 0.5, 0.5, 0.25]]))
+    rollout = jnp.log(jnp.array([[0.1, 0.45, 0.6, 0.25]]))
+    advantages = jnp.array([[1.0, -2.0, 0.5, 3.0]])
+    mask = jnp.array([[1, 1, 1, 0]])
+    ratios, adv = np.array([5.0, 10 / 9, 5 / 6]), np.array([1.0, -2.0, 0.5])
+
+    tol = 1e-6  # float32 sums of terms of both signs, each at most 5 in size
+
+    def loss(name, **settings):
+        return float(policy_objective(name, logp, rollout, advantages, mask, **settings).loss)
+
+    def direct(keep):  # keep: which of the three tokens the band keeps
+        return -np.sum(np.where(keep, ratios * adv, 0.0)) / 3
+
+    # Every setting reaches its objective: the band's edges, the truncation cap, the
+    # behaviour-weight cap and the PPO clip each change the loss as computed by hand.
+    assert loss("direct_double_sided") == pytest.approx(direct([False, True, True]), abs=tol)
+    assert loss("direct_double_sided", eps_low=0.1) == pytest.approx(direct([False, True, False]), abs=tol)
+    assert loss("direct_double_sided", eps_high=0.05) == pytest.approx(direct([False, False, True]), abs=tol)
+    for cap in (2.0, 1.0):
+        expected = -np.sum(np.minimum(ratios, cap) * adv * math.log(0.5)) / 3
+        settings = {} if cap == 2.0 else {"truncation_cap": cap}
+        assert loss("truncated_is", **settings) == pytest.approx(expected, abs=tol)
+    for cap in (0.0, 1.0):  # at the proximal point the PPO ratio is 1 and the weight pi / pi_rollout
+        weight = np.minimum(ratios, cap) if cap else ratios
+        assert loss("decoupled", proximal_logprobs=logp, behaviour_weight_cap=cap) == pytest.approx(
+            -np.sum(weight * adv) / 3, abs=tol)
+    moved = jnp.log(jnp.array([[0.75]]))  # PPO ratio 1.5 against the proximal 0.5, weight 1
+    half, one = jnp.log(jnp.array([[0.5]])), jnp.ones((1, 1))
+    for clip_eps, expected in ((0.2, -1.2), (0.6, -1.5)):
+        out = policy_objective("decoupled", moved, half, one, one, proximal_logprobs=half, clip_eps=clip_eps)
+        assert float(out.loss) == pytest.approx(expected, abs=tol)
     with pytest.raises(ValueError, match="proximal_logprobs"):
-        policy_objective("decoupled", x, x, x, mask)
+        policy_objective("decoupled", logp, rollout, advantages, mask)
     with pytest.raises(ValueError, match="allowed"):
-        policy_objective("ppo", x, x, x, mask)
+        policy_objective("ppo", logp, rollout, advantages, mask)
 
 
 def test_reference_kl_is_zero_at_the_reference_and_k3_elsewhere():
