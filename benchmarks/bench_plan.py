@@ -44,6 +44,9 @@ def one_plan(experiment: str, topology: str, seq_len: int, batch_size: int, mesh
     start = time.perf_counter()
     result = plan(config, parse_topology(topology), [SPARSE])
     stage = result.stages[0]
+    print(f"{experiment} {topology} seq {seq_len} x {batch_size} remat={remat}: peak "
+          f"{stage.peak_bytes / GIB:,.2f} GiB, temporaries {stage.temp_bytes / GIB:,.2f} GiB "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
     return {"topology": topology, "seq_len": seq_len, "batch_size": batch_size, "remat": remat,
             "mesh": ",".join(f"{k}={v}" for k, v in result.mesh.items() if v > 1),
             "params": result.params_bytes, "optimizer": result.optimizer_bytes,
