@@ -1,7 +1,7 @@
 """Per-chip memory of the train step on TPU topologies, variant against variant, from the
 planner (libtpu's compiler, deviceless; no TPU needed).
 
-    python benchmarks/bench_plan.py --out benchmarks/results/plan.md
+    python benchmarks/bench_plan.py --out benchmarks/results/plan.md [--part tiny|full]
 
 Two tables: the tiny preset's temporaries against sequence length with and without
 rematerialisation (what grows like s^2 shows as 16x per 4x of sequence), and glm5_full on
@@ -31,7 +31,9 @@ FULL = [dict(topology=topology, seq_len=seq, batch_size=batch, remat=remat)
         for topology, seq, batch, remat in (
             ("v5p-1024", 4096, 256, "none"), ("v5p-1024", 4096, 256, "full"),
             ("v5p-512", 4096, 128, "full"), ("v5p-2048", 4096, 512, "full"),
-            ("v5p-1024", 131072, 8, "full"), ("v5p-2048", 131072, 16, "full"))]
+            # The batch shards over data x fsdp only (16 / 32 ways here), so 128K needs 16 / 32
+            # sequences: 2M / 4M tokens per step.
+            ("v5p-1024", 131072, 16, "full"), ("v5p-2048", 131072, 32, "full"))]
 
 
 def one_plan(experiment: str, topology: str, seq_len: int, batch_size: int, mesh: str,
@@ -71,19 +73,20 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--skip_full", action="store_true", help="only the tiny preset")
+    parser.add_argument("--part", choices=("tiny", "full", "both"), default="both")
     args = parser.parse_args()
     tiny = [one_plan("tiny.py", "v5p-8", v["seq_len"], 8, "fsdp=2,expert=2", v["remat"])
-            for v in TINY]
-    full = [] if args.skip_full else [
-        one_plan("glm5_full.py", v["topology"], v["seq_len"], v["batch_size"],
-                 "fsdp=-1,expert=32", v["remat"]) for v in FULL]
+            for v in TINY] if args.part in ("tiny", "both") else []
+    full = [one_plan("glm5_full.py", v["topology"], v["seq_len"], v["batch_size"],
+                     "fsdp=-1,expert=32", v["remat"])
+            for v in FULL] if args.part in ("full", "both") else []
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    lines = [f"Command: `{command}` (sparse stage; libtpu {libtpu_version()}).", "",
-             "Tiny preset on v5p-8 (4 chips), batch 8, temporaries against sequence length:", "",
-             *table(tiny)]
+    lines = [f"Command: `{command}` (sparse stage; libtpu {libtpu_version()}).", ""]
+    if tiny:
+        lines += ["Tiny preset on v5p-8 (4 chips), batch 8, temporaries against sequence "
+                  "length:", "", *table(tiny), ""]
     if full:
-        lines += ["", "glm5_full, 32-way expert parallelism, FSDP over the rest:", "", *table(full)]
+        lines += ["glm5_full, 32-way expert parallelism, FSDP over the rest:", "", *table(full)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
