@@ -47,8 +47,15 @@ def render_table(plan: Plan) -> str:
 def does_not_fit_sentence(plan: Plan) -> str:
     worst = plan.worst
     over = worst.peak_bytes / plan.hbm_bytes
+    state = plan.params_bytes + plan.optimizer_bytes
+    if state > plan.hbm_bytes:  # no batch size or remat can help: the state itself is too big
+        advice = (f"the parameters and optimizer state alone take {gib(state)} per device, so "
+                  "it needs more chips or a mesh that shards the weights further "
+                  "(--config.mesh=fsdp=-1,expert=N)")
+    else:
+        advice = ("try a smaller --config.batch_size or --config.seq_len, "
+                  "--config.grad_accum_steps, --config.model_overrides.remat_policy=full, "
+                  "more chips, or a mesh that shards further (--config.mesh=fsdp=-1,expert=N)")
     return (f"does not fit: stage {worst.stage} needs {gib(worst.peak_bytes)} per device "
             f"against {gib(plan.hbm_bytes)} of HBM on {plan.topology.name} ({over:,.1f}x over); "
-            "try more chips, a mesh that shards the weights further (--config.mesh=fsdp=-1,"
-            "expert=N), a smaller --config.batch_size or --config.seq_len, or "
-            "--config.grad_accum_steps.")
+            f"{advice}.")
