@@ -29,6 +29,7 @@ KINDS = {
     "all-to-all": "all-to-all", "ragged-all-to-all": "all-to-all",
     "collective-permute": "collective-permute", "collective-permute-start": "collective-permute",
 }
+COLLECTIVE_KINDS = tuple(sorted(set(KINDS.values())))
 _HEADER = re.compile(r"^(?:ENTRY )?%(\S+) \(.*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 _ARRAY = re.compile(r"\b(" + "|".join(sorted(DTYPE_BYTES, key=len, reverse=True))
@@ -110,9 +111,8 @@ def collective_stats(hlo_text: str) -> CollectiveStats:
         return memo[name]
 
     bytes_, counts = total(entry)
-    kinds = sorted(set(KINDS.values()))
-    return CollectiveStats({k: float(bytes_.get(k, 0.0)) for k in kinds},
-                           {k: int(counts.get(k, 0)) for k in kinds}, unknown[0])
+    return CollectiveStats({k: float(bytes_.get(k, 0.0)) for k in COLLECTIVE_KINDS},
+                           {k: int(counts.get(k, 0)) for k in COLLECTIVE_KINDS}, unknown[0])
 
 
 def _split(hlo_text: str) -> tuple[dict[str, list[str]], str]:

@@ -23,7 +23,7 @@ from glm5_jax.config import get_preset
 from glm5_jax.plan.hlo_collectives import CollectiveStats, collective_stats
 from glm5_jax.plan.roofline import Roofline, roofline
 from glm5_jax.plan.topology import Topology
-from glm5_jax.sharding import activate, parse_mesh_spec
+from glm5_jax.sharding import activate
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP, SPARSE
 from glm5_jax.train.flops import training_flops_per_token
 from glm5_jax.train.run_setup import RunLayout, build_layout
@@ -138,7 +138,6 @@ def plan(config: ml_collections.ConfigDict, topology: Topology,
          stages: list[str] | None = None) -> Plan:
     devices = topology.devices()
     layout = build_layout(config, planning_vocab_size(config), devices)
-    mesh = parse_mesh_spec(config.mesh or f"data={len(devices)}", len(devices))
     state = layout.abstract_state
     tokens = config.batch_size * config.seq_len
     results = []
@@ -148,7 +147,7 @@ def plan(config: ml_collections.ConfigDict, topology: Topology,
         results.append(compile_stage(layout, stage, topology,
                                      model_flops * tokens / len(devices)))
     model_flops = training_flops_per_token(layout.model_config, config.seq_len)
-    return Plan(topology, mesh, config, per_device_bytes(state.params),
+    return Plan(topology, dict(layout.mesh.shape), config, per_device_bytes(state.params),
                 per_device_bytes(state.opt_state), model_flops * tokens / len(devices), results)
 
 
@@ -173,8 +172,6 @@ def compile_stage(layout: RunLayout, stage: str, topology: Topology,
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes
             + memory.generated_code_size_in_bytes)
     cost = compiled.cost_analysis() or {}
-    if isinstance(cost, list):  # older jax: one dict per program
-        cost = cost[0] if cost else {}
     flops = float(cost.get("flops", 0.0))
     accessed = float(cost.get("bytes accessed", 0.0))
     collectives = collective_stats(compiled.as_text())

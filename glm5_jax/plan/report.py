@@ -3,7 +3,7 @@ fit, one sentence saying what is over, by how much, and what to try."""
 
 from __future__ import annotations
 
-from glm5_jax.plan.hlo_collectives import KINDS
+from glm5_jax.plan.hlo_collectives import COLLECTIVE_KINDS
 from glm5_jax.plan.planner import Plan
 
 GIB = 1 << 30
@@ -25,12 +25,11 @@ def render_table(plan: Plan) -> str:
         "",
     ]
     header = ["stage", "fits", "peak", "of HBM", "arguments", "temporaries", "HLO FLOPs",
-              *sorted(set(KINDS.values())), "step (roofline)", "bound", "MFU"]
+              *COLLECTIVE_KINDS, "step (roofline)", "bound", "MFU"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in plan.stages:
-        kinds = sorted(set(KINDS.values()))
-        collective = ([gib(s.collectives.bytes_by_kind[k]) for k in kinds] if s.collectives
-                      else ["-"] * len(kinds))
+        collective = ([gib(s.collectives.bytes_by_kind[k]) for k in COLLECTIVE_KINDS]
+                      if s.collectives else ["-"] * len(COLLECTIVE_KINDS))
         r = s.roofline
         lines.append("| " + " | ".join([
             s.stage, "yes" if s.fits else "NO", gib(s.peak_bytes),

@@ -38,7 +38,6 @@ class Run:
     """A run's layout (mesh, model, optimizer, shardings: see ``RunLayout``, whose fields
     read through as ``run.mesh`` etc.) plus its data."""
 
-    config: ml_collections.ConfigDict
     data_config: DataConfig
     prepared: PreparedCorpus
     layout: "RunLayout"
@@ -124,4 +123,4 @@ def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     data_config = data_config_from(config)
     prepared = prepare_corpus(data_config)
     layout = build_layout(config, vocab_size_of(prepared), devices)
-    return Run(config=config, data_config=data_config, prepared=prepared, layout=layout)
+    return Run(data_config=data_config, prepared=prepared, layout=layout)
