@@ -29,7 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the released values, restated, and the memory policy.
     config.model_overrides = ml_collections.ConfigDict({
         "moe_impl": "ragged_dot", "num_hidden_layers": 78, "first_k_dense_replace": 3,
-        "remat_policy": "full"})
+        "remat_policy": "full", "attention_impl": "gather",
+        # Tokens reach their experts by ragged all-to-all into buffers of 2x the balanced load.
+        "expert_dispatch": "ragged", "expert_capacity_factor": 2.0})
     config.compute_dtype = "bfloat16"
     config.param_dtype = "float32"
     config.data.vocab_size = 154880  # the released tokenizer's size
@@ -44,8 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dense_steps = 400_000  # placeholder: dense pretraining before DSA
     config.dense_warmup_steps = 1_000  # DSA stage 1 (indexer only)
 
-    # 512 chips: 32-way expert parallelism (8 of 256 experts per device), FSDP over the rest.
-    config.mesh = "fsdp=-1,expert=32"
+    # 512 chips: 32-way expert parallelism (8 of 256 experts per device), 2-way tensor
+    # parallelism, FSDP over the rest. Rows shard over fsdp x expert: 256 sequences, one each.
+    config.mesh = "fsdp=-1,expert=32,tensor=2"
     config.checkpoint_every = 1000
     config.progress_bar = False
     return config

@@ -20,6 +20,8 @@ ATTENTION_IMPLS = ("masked_dense", "gather", "pallas")
 MOE_IMPLS = ("ragged_dot", "pallas", "blocked")
 # What a scanned block keeps for the backward pass (glm5_jax/model/remat.py says each).
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_offload")
+# How tokens reach their experts' devices under a mesh (glm5_jax/model/expert_parallel.py).
+EXPERT_DISPATCHES = ("padded", "ragged")
 DTYPES = ("float32", "bfloat16", "float16")
 ACTIVATIONS = ("silu",)
 
@@ -97,6 +99,10 @@ class ModelConfig:
     attention_impl: str = "masked_dense"
     moe_impl: str = "ragged_dot"
     remat_policy: str = "none"  # per scanned block; see REMAT_POLICIES
+    # Expert parallelism: "padded" all-to-all (runs everywhere) or "ragged" (TPU/GPU only);
+    # capacity factor 0 = dropless, c > 0 = receive buffers of c x a device's own rows.
+    expert_dispatch: str = "padded"
+    expert_capacity_factor: float = 0.0
     bos_token_id: int | None = 0
     eos_token_id: int | None = 1
     pad_token_id: int | None = None
@@ -202,12 +208,14 @@ def _validate(c: ModelConfig) -> None:
         "index_head_dim", "n_group", "topk_group",
     )
     for name in ("rope_type", "router_mode", "attention_impl", "moe_impl", "hidden_act",
-                 "remat_policy"):
-        allowed = {"rope_type": ROPE_TYPES, "router_mode": ROUTER_MODES,
+                 "remat_policy", "expert_dispatch"):
+        allowed = {"expert_dispatch": EXPERT_DISPATCHES, "rope_type": ROPE_TYPES, "router_mode": ROUTER_MODES,
                    "attention_impl": ATTENTION_IMPLS, "moe_impl": MOE_IMPLS,
                    "hidden_act": ACTIVATIONS, "remat_policy": REMAT_POLICIES}[name]
         _one_of(c, name, allowed)
     _one_of(c, "dtype", DTYPES)
+    _require(c.expert_capacity_factor >= 0,
+             f"expert_capacity_factor={c.expert_capacity_factor} must be >= 0 (0 = dropless)")
     _one_of(c, "param_dtype", DTYPES)
     _require(c.num_attention_heads % c.num_key_value_heads == 0,
              f"num_attention_heads={c.num_attention_heads} must be divisible by "

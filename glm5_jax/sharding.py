@@ -15,13 +15,16 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_MESH_AXES = ("data", "fsdp", "expert")  # what a batch's rows shard over
 
 # Logical axis -> mesh axis (or axes, or None for replicated). Parameters and activations use
 # different names where they must shard differently (a parameter's embed dim is FSDP-sharded;
 # an activation's batch dim already uses the fsdp axis).
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # activations
-    ("activation_batch", ("data", "fsdp")),
+    # The expert axis doubles as a batch axis outside the MoE (DeepSeek, MaxText): each
+    # device computes attention and dense layers for its own rows, never a copy of another's.
+    ("activation_batch", ("data", "fsdp", "expert")),
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
@@ -29,17 +32,20 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_mlp", "tensor"),
     ("activation_vocab", "tensor"),
     ("activation_topk", None),
-    ("activation_tokens", ("data", "fsdp")),
+    ("activation_tokens", ("data", "fsdp", "expert")),
     # parameters
     ("layers", None),
     ("vocab", "tensor"),
-    ("embed", "fsdp"),
+    # Non-expert weights shard over fsdp x expert (the expert axis is data-parallel for them).
+    ("embed", ("fsdp", "expert")),
     ("embed_pair", None),  # the MTP projection's input: [embedding; hidden]
     ("heads", "tensor"),
     ("index_heads", None),
     ("head_dim", None),
-    ("q_lora", None),
-    ("kv_lora", None),
+    # A mesh axis serves one dim per tensor: these take fsdp x expert where embed does not
+    # (q_b_proj, kv_b_proj, the indexer's wq_b).
+    ("q_lora", ("fsdp", "expert")),
+    ("kv_lora", ("fsdp", "expert")),
     ("norm", None),
     ("mlp", "tensor"),
     ("expert", "expert"),
@@ -115,8 +121,8 @@ def logical_shardings(mesh: Mesh, logical_tree) -> object:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Inputs shard their leading (batch) dim over data and fsdp."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+    """Inputs shard their leading (batch) dim over data, fsdp and expert (as activation_batch)."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -33,7 +33,7 @@ def setup():
     config = glm5_jax.get_preset("tiny")  # index_topk=16 < seq 24: sparse attention is active
     model = glm5_jax.GLM5Model(config)
     variables = glm5_jax.init_variables(model, jax.random.PRNGKey(0))
-    ids = jnp.asarray(np.random.RandomState(0).randint(0, config.vocab_size, (4, 24)), jnp.int32)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, config.vocab_size, (8, 24)), jnp.int32)
     grad_fn = jax.jit(jax.value_and_grad(lambda p, v, x: loss_fn(model, v, p, x)))
     reference = grad_fn(variables["params"], variables, ids)
     return model, variables, ids, reference

@@ -93,3 +93,15 @@ def test_keep_mask_hand_computed():
     keep = dynamic_keep_mask(weights, k_min=1, threshold=0.7)
     # row 0: mass before slots = 0, .5, .8, .9 -> keep first two; row 1: 0, .25, .5, .75 -> three
     np.testing.assert_array_equal(keep, [[True, True, False, False], [True, True, True, False]])
+
+
+def test_selection_mask_scatter_equals_the_one_hot_definition():
+    from glm5_jax.model.sparse_attention import selection_mask
+
+    rng = np.random.RandomState(0)
+    topk = rng.randint(-1, 20, size=(2, 7, 5)).astype(np.int32)  # -1 = NO_KEY, repeats allowed
+    want = np.zeros((2, 7, 20), bool)
+    for b, s, j in np.ndindex(*topk.shape):
+        if topk[b, s, j] >= 0:
+            want[b, s, topk[b, s, j]] = True
+    np.testing.assert_array_equal(selection_mask(jnp.asarray(topk), 20), want)

@@ -16,9 +16,16 @@ from glm5_jax.model.indexer import NO_KEY
 
 
 def selection_mask(topk_indices: jax.Array, kv_len: int) -> jax.Array:
-    """Boolean [b, s, kv_len]: True at every selected position (NO_KEY slots select nothing)."""
-    onehot = topk_indices[..., None] == jnp.arange(kv_len, dtype=topk_indices.dtype)
-    return jnp.any(onehot, axis=-2)
+    """Boolean [b, s, kv_len]: True at every selected position (NO_KEY slots select nothing).
+
+    A scatter, O(s * (k + kv_len)) memory: comparing every slot with every position would
+    form [b, s, k, kv_len] (128 GiB per 4K sequence at GLM-5's k = 2048)."""
+    safe = jnp.where(topk_indices < 0, kv_len, topk_indices)  # NO_KEY -> a spill column
+
+    def one_query(indices):
+        return jnp.zeros((kv_len + 1,), bool).at[indices].set(True)
+
+    return jax.vmap(jax.vmap(one_query))(safe)[..., :kv_len]
 
 
 def masked_dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,

@@ -137,6 +137,9 @@ def indexer_loss_and_recall(config: ModelConfig, stage: str, params: Any, interm
     stacked_params = jax.tree.map(lambda *p: jnp.concatenate(p), *layer_params)
     stacked_inputs = jnp.concatenate([x.astype(layer_inputs[0].dtype) for x in layer_inputs])
 
+    # Rematerialised: the map's backward recomputes one layer's scores at a time instead of
+    # keeping every layer's [b, s, t] residuals alive together.
+    @jax.checkpoint
     def one_layer(args):
         attn_params, x = args
         return layer_indexer_terms(config, stage, attn_params, x, cos, sin, mask, weight)

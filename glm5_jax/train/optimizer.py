@@ -8,8 +8,9 @@ mean the same thing whichever is chosen:
 
 Muon's updates are rescaled to AdamW's RMS (``consistent_rms``, Moonlight's recipe,
 arXiv:2502.16982) so one learning rate and one weight decay serve both groups. Muon's
-orthogonalisation is optax's ``scale_by_muon``; the axes it orthogonalises over come from
-``muon_split`` (per head for the MLA up-projections).
+orthogonalisation is optax's maths with batch axes kept apart (``muon.py``: sharded expert
+stacks stay sharded); the axes it orthogonalises over come from ``muon_split`` (per head for
+the MLA up-projections).
 
 Norm weights/biases are never decayed. The MoE routing bias is not a parameter at all (its
 own variable collection), so no optimizer can touch it.
@@ -26,9 +27,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import PartitionSpec
-from optax.contrib import MuonDimensionNumbers, scale_by_muon
+from optax.contrib import MuonDimensionNumbers
 from optax.transforms import MaskedNode
 
+from glm5_jax.train.muon import scale_by_muon
 from glm5_jax.train.muon_split import is_muon_leaf, muon_dimension_numbers
 from glm5_jax.train.schedule import warmup_cosine
 

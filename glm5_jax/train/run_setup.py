@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from glm5_jax.config import ModelConfig
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.pipeline import PreparedCorpus, prepare_corpus, vocab_size_of
 from glm5_jax.model import GLM5Model, logical_partition_specs
-from glm5_jax.sharding import batch_sharding, make_mesh
+from glm5_jax.sharding import BATCH_MESH_AXES, batch_sharding, make_mesh
 from glm5_jax.train.experiment import data_config_from, model_config_from, validate
 from glm5_jax.train.optimizer import make_optimizer
 from glm5_jax.train.train_state import TrainState, init_train_state, state_shardings
@@ -97,12 +98,26 @@ class RunLayout:
                 for key in BATCH_KEYS}
 
 
+def _check_batch_divides(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Each micro-batch's rows shard over data x fsdp x expert: say so before jit does."""
+    sizes = dict(mesh.shape)
+    shards = math.prod(sizes[a] for a in BATCH_MESH_AXES)
+    micro = config.batch_size // max(config.grad_accum_steps, 1)
+    if micro % shards:
+        raise ValueError(
+            f"batch_size={config.batch_size} (over grad_accum_steps={config.grad_accum_steps}: "
+            f"{micro} rows per micro-batch) must divide by the mesh's data x fsdp x expert = "
+            f"{shards} (mesh {config.mesh!r}); change batch_size, or move devices to the "
+            "tensor axis")
+
+
 def build_layout(config: ml_collections.ConfigDict, vocab_size: int,
                  devices: Sequence[jax.Device] | None = None) -> RunLayout:
     """Mesh, model, optimizer and state shardings for ``config`` on ``devices`` (default:
     all local ones; deviceless TPU devices work too: nothing is allocated here)."""
     validate(config)
     mesh = make_mesh(config.mesh, devices)
+    _check_batch_divides(config, mesh)
     model_config = model_config_from(config, vocab_size)
     model = GLM5Model(model_config)
     param_specs = logical_partition_specs(model)["params"]
