@@ -14,7 +14,9 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
+# ``context`` splits the sequence (context parallelism, for 128K+ stages); ``tensor`` is
+# innermost, so it lands on the closest chips.
+MESH_AXES = ("data", "fsdp", "expert", "context", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp", "expert")  # what a batch's rows shard over
 
 # Logical axis -> mesh axis (or axes, or None for replicated). Parameters and activations use
@@ -25,7 +27,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # The expert axis doubles as a batch axis outside the MoE (DeepSeek, MaxText): each
     # device computes attention and dense layers for its own rows, never a copy of another's.
     ("activation_batch", ("data", "fsdp", "expert")),
-    ("activation_length", None),
+    ("activation_length", "context"),
+    ("activation_kv_length", None),  # keys/values: every query shard needs every key
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_kv", None),
@@ -36,29 +39,30 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # parameters
     ("layers", None),
     ("vocab", "tensor"),
-    # Non-expert weights shard over fsdp x expert (the expert axis is data-parallel for them).
-    ("embed", ("fsdp", "expert")),
+    # Non-expert weights shard over fsdp x expert x context (those axes are data-parallel
+    # for them, so they are FSDP axes too).
+    ("embed", ("fsdp", "expert", "context")),
     ("embed_pair", None),  # the MTP projection's input: [embedding; hidden]
     ("heads", "tensor"),
     ("index_heads", None),
     ("head_dim", None),
     # A mesh axis serves one dim per tensor: these take fsdp x expert where embed does not
     # (q_b_proj, kv_b_proj, the indexer's wq_b).
-    ("q_lora", ("fsdp", "expert")),
-    ("kv_lora", ("fsdp", "expert")),
+    ("q_lora", ("fsdp", "expert", "context")),
+    ("kv_lora", ("fsdp", "expert", "context")),
     ("norm", None),
     ("mlp", "tensor"),
     ("expert", "expert"),
     ("expert_mlp", "tensor"),
     # Expert weights are ~97% of GLM-5's parameters: FSDP-shard them too (the expert axis
     # alone leaves 8 of 256 experts, ~106 GiB, on every chip of a 512-chip pod).
-    ("expert_embed", "fsdp"),
+    ("expert_embed", ("fsdp", "context")),
     ("router_expert", None),
 )
 
 
 def parse_mesh_spec(spec: str, num_devices: int | None = None) -> dict[str, int]:
-    """Parse ``"data=1,fsdp=4,expert=2,tensor=1"``; unnamed axes get size 1, and one axis
+    """Parse ``"data=1,fsdp=4,expert=2,context=1,tensor=1"``; unnamed axes get size 1, and one axis
     may be ``-1``: it takes the devices the others leave (``"fsdp=-1,expert=32"``).
 
     The product of the sizes must equal the number of devices; the error says which.
@@ -121,8 +125,10 @@ def logical_shardings(mesh: Mesh, logical_tree) -> object:
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Inputs shard their leading (batch) dim over data, fsdp and expert (as activation_batch)."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *([None] * (ndim - 1))))
+    """Inputs [batch, seq, ...] shard rows over data, fsdp and expert (as activation_batch)
+    and the sequence over context (as activation_length)."""
+    rest = ("context",) + (None,) * (ndim - 2) if ndim > 1 else ()
+    return NamedSharding(mesh, PartitionSpec(BATCH_MESH_AXES, *rest))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -139,7 +139,7 @@ def test_ragged_transport_compiles_for_tpu_forward_and_backward():
     from glm5_jax.plan.topology import parse_topology
 
     devices = parse_topology("v5p-16").devices()  # 8 chips
-    mesh = Mesh(np.asarray(devices).reshape(1, 2, 4, 1), sharding.MESH_AXES)
+    mesh = Mesh(np.asarray(devices).reshape(1, 2, 4, 1, 1), sharding.MESH_AXES)
 
     def fn(x, weights, ids, *w):
         out, load = routed_experts_sharded(x, weights, ids, *w, mesh=mesh, impl="ragged_dot",

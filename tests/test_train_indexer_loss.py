@@ -18,7 +18,12 @@ from glm5_jax.model.rope import rope_angles
 from glm5_jax.model.transformer import attention_mask
 from glm5_jax.sharding import activate
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP, SPARSE, STAGES, stage_at
-from glm5_jax.train.indexer_loss import kl_to_indexer, layer_indexer_terms
+from glm5_jax.train.indexer_loss import (
+    dense_layer_terms,
+    kl_to_indexer,
+    layer_indexer_terms,
+    sparse_stage_terms,
+)
 from glm5_jax.train.run_setup import build_run
 from glm5_jax.train.testing import TEST_TOTAL_STEPS, cpu_test_config, write_test_corpus
 from glm5_jax.train.train_step import make_train_step
@@ -128,7 +133,7 @@ def test_stage2_kl_trains_only_the_indexer():
     attn_params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype), shapes)
 
     def kl(params):
-        total, _ = layer_indexer_terms(model_config, SPARSE, params, x, cos, sin, mask, batch["loss_mask"])
+        total, _, _ = layer_indexer_terms(model_config, SPARSE, params, x, cos, sin, mask, batch["loss_mask"])
         return total
 
     grads = traverse_util.flatten_dict(jax.device_get(jax.jit(jax.grad(kl))(attn_params)))
@@ -153,3 +158,37 @@ def test_stage_schedule_and_every_stage_traces(tmp_path):
                                                             run.schedule, stage), run.abstract_state, batch)
             assert jax.tree.structure(state) == jax.tree.structure(run.abstract_state), stage
             assert {"loss", "ce_loss", "indexer_kl", "indexer_recall"} <= metrics.keys()
+
+
+def test_gathered_sparse_stage_equals_the_dense_reference():
+    """The sparse stage's KL and recall from the k selected keys (query chunks, running
+    top-k) equal the [b, h, s, t] reference, value and indexer gradient."""
+    model_config = tiny()  # index_topk 16 < 32 keys: the selection matters
+    batch = _two_document_batch(2, 32, model_config.vocab_size)
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 32, model_config.hidden_size))
+    cos, sin = rope_angles(model_config, jnp.asarray(batch["positions"]))
+    mask = attention_mask(32, jnp.asarray(batch["segment_ids"]), 2)
+    weight = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.0, (2, 32)), jnp.float32)
+    attention = MLAttention(model_config, runs_indexer=True)
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(
+        attention.init(jax.random.PRNGKey(0), x, cos, sin, mask, None)))["params"]
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), s.dtype), shapes)
+
+    def reference(p):
+        return dense_layer_terms(model_config, SPARSE, p, x, cos, sin, mask, weight)
+
+    def gathered(p):
+        return nn.apply(sparse_stage_terms, attention)({"params": p}, x, cos, sin, mask, weight,
+                                                        query_chunk=8)
+
+    (ref_kl, ref_recall), (kl, recall, recall_weight) = reference(params), gathered(params)
+    assert float(ref_kl) > 0 and 0 < float(ref_recall) < float(jnp.sum(weight))
+    np.testing.assert_allclose(kl, ref_kl, rtol=1e-5)
+    np.testing.assert_allclose(recall, ref_recall, rtol=1e-5)
+    np.testing.assert_allclose(recall_weight, jnp.sum(weight), rtol=1e-6)
+    ref_grad = jax.grad(lambda p: reference(p)[0])(params)["indexer"]
+    grad = jax.grad(lambda p: gathered(p)[0])(params)["indexer"]
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad), jax.tree_util.tree_leaves(ref_grad)):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))),
+                                   err_msg=jax.tree_util.keystr(path))

@@ -16,12 +16,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
-from glm5_jax.model.indexer import LightningIndexer, select_topk
+from glm5_jax.model.indexer import LightningIndexer
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import RMSNorm
 from glm5_jax.model.rope import apply_interleaved_rope
 from glm5_jax.model import kernel_dispatch
 from glm5_jax.model import sparse_attention as sa
+
+
+KEY_AXES = ("activation_batch", "activation_kv_length", "activation_kv")
 
 
 class MLAttention(nn.Module):
@@ -59,13 +62,16 @@ class MLAttention(nn.Module):
         compressed = self.kv_a_proj_with_mqa(x)
         latent = self.kv_a_layernorm(compressed[..., : c.kv_lora_rank])  # [b, t, c]
         k_rope = apply_interleaved_rope(compressed[..., None, c.kv_lora_rank:], cos, sin)[:, :, 0]
+        # Queries may be split over the sequence (context parallelism); every query shard
+        # needs every key: the latent (kv_lora_rank + rope per token) is what gets gathered.
+        latent, k_rope = (nn.with_logical_constraint(a, KEY_AXES) for a in (latent, k_rope))
 
         kv_len = x.shape[1]
         sparse = kv_len > c.index_topk
         if self.runs_indexer and self.is_initializing() and not sparse:
             self.indexer(x, q_resid, cos, sin, mask)  # create its parameters even at short init
         if sparse and self.runs_indexer:
-            topk = select_topk(self.indexer(x, q_resid, cos, sin, mask), c.index_topk)
+            topk = self.indexer.topk(x, q_resid, cos, sin, mask, c.index_topk)
         elif sparse:
             if prev_topk is None:
                 raise ValueError("a 'shared' indexer layer needs the top-k of a previous full layer")

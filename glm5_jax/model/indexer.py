@@ -18,6 +18,7 @@ from glm5_jax.model.norms import LayerNorm
 from glm5_jax.model.rope import apply_interleaved_rope
 
 NO_KEY = -1  # marks a top-k slot that holds no valid key
+KEY_BLOCK = 1024  # keys scored per step of the running top-k
 
 
 class LightningIndexer(nn.Module):
@@ -43,8 +44,19 @@ class LightningIndexer(nn.Module):
         q = jnp.concatenate([apply_interleaved_rope(q[..., :rope], cos, sin), q[..., rope:]], axis=-1)
         k = self.k_norm(self.wk(x))[:, :, None, :]
         k = jnp.concatenate([apply_interleaved_rope(k[..., :rope], cos, sin), k[..., rope:]], axis=-1)
+        k = nn.with_logical_constraint(k[:, :, 0, :].astype(jnp.float32),
+                                       ("activation_batch", "activation_kv_length", "activation_kv"))
         weights = self.weights_proj(x.astype(jnp.float32)) * (c.index_n_heads**-0.5)
-        return q.astype(jnp.float32), k[:, :, 0, :].astype(jnp.float32), weights
+        return q.astype(jnp.float32), k, weights
+
+    def topk(self, x: jax.Array, q_resid: jax.Array, cos: jax.Array, sin: jax.Array,
+             mask: jax.Array, k: int) -> jax.Array:
+        """The k best keys per query [b, s, k] (NO_KEY where fewer are valid). The XLA path
+        scores one key block at a time into a running top-k: no [b, s, t] score matrix."""
+        if self.config.attention_impl == "pallas":
+            return select_topk(self(x, q_resid, cos, sin, mask), k)
+        q, keys, weights = self.queries_keys_weights(x, q_resid, cos, sin)
+        return blockwise_topk(q, keys, weights, mask, self.config.index_head_dim**-0.5, k)
 
     def __call__(self, x: jax.Array, q_resid: jax.Array, cos: jax.Array, sin: jax.Array,
                  mask: jax.Array) -> jax.Array:
@@ -71,3 +83,39 @@ def select_topk(scores: jax.Array, k: int) -> jax.Array:
     k = min(k, scores.shape[-1])
     values, indices = jax.lax.top_k(scores, k)
     return jnp.where(jnp.isneginf(values), NO_KEY, indices).astype(jnp.int32)
+
+
+def blockwise_topk(q: jax.Array, k: jax.Array, weights: jax.Array, mask: jax.Array,
+                   softmax_scale: float, topk: int, key_block: int = KEY_BLOCK) -> jax.Array:
+    """``select_topk(index_scores(...), topk)`` scoring ``key_block`` keys at a time.
+
+    A scan over key blocks keeps the best ``topk`` (value, position) pairs seen so far; each
+    step merges them with the block's scores by ``lax.top_k``. The kept pairs come first in
+    the merge, so ties go to the lower position, as ``lax.top_k`` on whole rows does: the
+    result is the same, order included. Memory: [b, s, hi, key_block] instead of
+    [b, s, hi, t]. Rows no longer than a block (or not a multiple of one) score in one go.
+    """
+    b, s, _, _ = q.shape
+    t = k.shape[1]
+    if t <= key_block or t % key_block:
+        return select_topk(index_scores(q, k, weights, mask, softmax_scale), topk)
+    kept = min(topk, t)
+    blocks = t // key_block
+    key_blocks = jnp.moveaxis(k.reshape(b, blocks, key_block, k.shape[-1]), 1, 0)
+    mask_blocks = jnp.moveaxis(mask.reshape(b, s, blocks, key_block), 2, 0)
+    starts = jnp.arange(blocks, dtype=jnp.int32) * key_block
+
+    def step(carry, block):
+        values, positions = carry
+        keys, block_mask, start = block
+        scores = index_scores(q, keys, weights, block_mask, softmax_scale)
+        merged = jnp.concatenate([values, scores], axis=-1)
+        merged_positions = jnp.concatenate(
+            [positions, jnp.broadcast_to(start + jnp.arange(key_block, dtype=jnp.int32),
+                                         scores.shape)], axis=-1)
+        values, order = jax.lax.top_k(merged, kept)
+        return (values, jnp.take_along_axis(merged_positions, order, axis=-1)), None
+
+    init = (jnp.full((b, s, kept), -jnp.inf, jnp.float32), jnp.full((b, s, kept), NO_KEY, jnp.int32))
+    (values, positions), _ = jax.lax.scan(step, init, (key_blocks, mask_blocks, starts))
+    return jnp.where(jnp.isneginf(values), NO_KEY, positions).astype(jnp.int32)

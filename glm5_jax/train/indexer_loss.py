@@ -29,17 +29,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.attention import MLAttention
-from glm5_jax.model.indexer import index_scores, select_topk
+from glm5_jax.model.indexer import NO_KEY, blockwise_topk, index_scores, select_topk
 from glm5_jax.model.rope import apply_interleaved_rope
-from glm5_jax.model.sparse_attention import selection_mask
+from glm5_jax.model.sparse_attention import gather_keys, selection_mask
 from glm5_jax.train.experiment import SPARSE
 
-ATTENTION_INPUT = ("input_layernorm", "__call__")  # what the train step's capture filter keeps
+ATTENTION_INPUT = ("input_layernorm", "__call__")
+QUERY_CHUNK = 512  # queries per step of the sparse stage's gathered KL
+RECALL_QUERIES = 256  # queries per row the recall metric is measured on  # what the train step's capture filter keeps
 
 
 def _attention_logits_and_index_scores(attn: MLAttention, x: jax.Array, cos: jax.Array,
@@ -83,8 +86,23 @@ def kl_to_indexer(target: jax.Array, scores: jax.Array, allowed: jax.Array) -> j
 
 def layer_indexer_terms(config: ModelConfig, stage: str, attn_params: Any, x: jax.Array,
                         cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                        query_weight: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of weighted per-query KL, sum of weighted per-query recall) for one layer."""
+                        query_weight: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sum of weighted per-query KL, sum of weighted recall, the weight recall was taken
+    over) for one layer. The sparse stage runs gathered (``sparse_stage_terms``); the dense
+    stages, whose target spans every key, run dense (``dense_layer_terms``)."""
+    if stage == SPARSE:
+        return nn.apply(sparse_stage_terms, MLAttention(config, runs_indexer=True))(
+            {"params": attn_params}, jax.lax.stop_gradient(x), cos, sin, mask, query_weight)
+    kl, recall = dense_layer_terms(config, stage, attn_params, x, cos, sin, mask, query_weight)
+    return kl, recall, jnp.sum(query_weight)
+
+
+def dense_layer_terms(config: ModelConfig, stage: str, attn_params: Any, x: jax.Array,
+                      cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                      query_weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of weighted per-query KL, sum of weighted per-query recall), from the whole
+    [b, h, s, t] attention: the reference for every stage, the implementation for the dense
+    ones (O(s * t) per layer; GLM-5 trains dense only at short context)."""
     logits, scores = nn.apply(_attention_logits_and_index_scores, MLAttention(config, runs_indexer=True))(
         {"params": attn_params}, jax.lax.stop_gradient(x), cos, sin, mask)
     logits = jax.lax.stop_gradient(logits)
@@ -100,6 +118,69 @@ def layer_indexer_terms(config: ModelConfig, stage: str, attn_params: Any, x: ja
     hits = jnp.sum(dense_selected & indexer_selected, axis=-1)
     recall = hits / jnp.maximum(jnp.sum(dense_selected, axis=-1), 1)
     return jnp.sum(kl * query_weight), jnp.sum(recall * query_weight)
+
+
+def sparse_stage_terms(attn: MLAttention, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                       mask: jax.Array, query_weight: jax.Array, query_chunk: int = QUERY_CHUNK,
+                       recall_queries: int = RECALL_QUERIES):
+    """Stage 2 without any [s, t] matrix: the indexer's top-k by running top-k, then per
+    query chunk the main attention's logits and the index scores at the k selected keys only
+    (absorbed MLA, as the gather attention path). Recall needs the dense attention's top-k,
+    so it is measured on ``recall_queries`` evenly spaced queries (all of them when s is no
+    longer). Equals ``dense_layer_terms`` (tests/test_train_indexer_loss.py)."""
+    c = attn.config
+    nope = c.qk_nope_head_dim
+    b, s = x.shape[:2]
+    q_resid = attn.q_a_layernorm(attn.q_a_proj(x))
+    q = attn.q_b_proj(q_resid)
+    q_nope, q_rope = q[..., :nope], apply_interleaved_rope(q[..., nope:], cos, sin)
+    compressed = attn.kv_a_proj_with_mqa(x)
+    latent = attn.kv_a_layernorm(compressed[..., : c.kv_lora_rank])
+    k_rope = apply_interleaved_rope(compressed[..., None, c.kv_lora_rank:], cos, sin)[:, :, 0]
+    kv_b = jnp.asarray(attn.kv_b_proj.kernel, q.dtype)
+    q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])
+    index_q, index_k, weights = attn.indexer.queries_keys_weights(
+        x, jax.lax.stop_gradient(q_resid), cos, sin)
+    index_scale = c.index_head_dim**-0.5
+    topk = jax.lax.stop_gradient(blockwise_topk(
+        jax.lax.stop_gradient(index_q), jax.lax.stop_gradient(index_k),
+        jax.lax.stop_gradient(weights), mask, index_scale, c.index_topk))
+
+    def chunk_kl(args):
+        q_latent_c, q_rope_c, index_q_c, weights_c, topk_c = args
+        valid = topk_c != NO_KEY  # [b, sc, k]
+        logits = (jnp.einsum("bskc,bshc->bskh", gather_keys(latent, topk_c), q_latent_c)
+                  + jnp.einsum("bskr,bshr->bskh", gather_keys(k_rope, topk_c), q_rope_c)
+                  ).astype(jnp.float32) * c.attention_scale
+        probs = jax.nn.softmax(jnp.where(valid[..., None], logits, jnp.finfo(jnp.float32).min), axis=-2)
+        target = jax.lax.stop_gradient(jnp.mean(probs, axis=-1))  # [b, sc, k]
+        dots = jnp.einsum("bshd,bskd->bshk", index_q_c, gather_keys(index_k, topk_c))
+        scores = jnp.einsum("bsh,bshk->bsk", weights_c, jax.nn.relu(dots * index_scale))
+        return kl_to_indexer(target, scores, valid)
+
+    pieces = (q_latent, q_rope, index_q, weights, topk)
+    if s <= query_chunk or s % query_chunk:
+        kl = chunk_kl(pieces)
+    else:
+        n = s // query_chunk
+
+        def split(a):  # [b, s, ...] -> [n, b, chunk, ...]
+            return jnp.moveaxis(a.reshape(b, n, query_chunk, *a.shape[2:]), 1, 0)
+
+        kl = jnp.moveaxis(jax.lax.map(jax.checkpoint(chunk_kl), tuple(map(split, pieces))), 0, 1)
+        kl = kl.reshape(b, s)
+
+    sampled = np.unique(np.linspace(0, s - 1, min(s, recall_queries)).round().astype(np.int32))
+    dense_logits = (jnp.einsum("bshc,btc->bhst", q_latent[:, sampled], latent)
+                    + jnp.einsum("bshr,btr->bhst", q_rope[:, sampled], k_rope)
+                    ).astype(jnp.float32) * c.attention_scale
+    rows_mask = mask[:, sampled]
+    dense_target = head_mean_attention(jax.lax.stop_gradient(dense_logits), rows_mask)
+    dense_top = select_topk(jnp.where(rows_mask, dense_target, -jnp.inf), c.index_topk)
+    hits = jnp.sum(selection_mask(dense_top, s) & selection_mask(topk[:, sampled], s), axis=-1)
+    recall = hits / jnp.maximum(jnp.sum(dense_top != NO_KEY, axis=-1), 1)
+    recall_weight = query_weight[:, sampled]
+    return (jnp.sum(kl * query_weight), jnp.sum(recall * recall_weight), jnp.sum(recall_weight))
 
 
 def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
@@ -144,6 +225,6 @@ def indexer_loss_and_recall(config: ModelConfig, stage: str, params: Any, interm
         attn_params, x = args
         return layer_indexer_terms(config, stage, attn_params, x, cos, sin, mask, weight)
 
-    kls, recalls = jax.lax.map(one_layer, (stacked_params, stacked_inputs))
+    kls, recalls, recall_weights = jax.lax.map(one_layer, (stacked_params, stacked_inputs))
     layers = stacked_inputs.shape[0]
-    return jnp.sum(kls) / (layers * tokens), jnp.sum(recalls) / (layers * tokens)
+    return jnp.sum(kls) / (layers * tokens), jnp.sum(recalls) / jnp.maximum(jnp.sum(recall_weights), 1.0)

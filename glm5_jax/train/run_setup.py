@@ -99,7 +99,8 @@ class RunLayout:
 
 
 def _check_batch_divides(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    """Each micro-batch's rows shard over data x fsdp x expert: say so before jit does."""
+    """Each micro-batch's rows shard over data x fsdp x expert, the sequence over context:
+    say so before jit does."""
     sizes = dict(mesh.shape)
     shards = math.prod(sizes[a] for a in BATCH_MESH_AXES)
     micro = config.batch_size // max(config.grad_accum_steps, 1)
@@ -109,6 +110,9 @@ def _check_batch_divides(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
             f"{micro} rows per micro-batch) must divide by the mesh's data x fsdp x expert = "
             f"{shards} (mesh {config.mesh!r}); change batch_size, or move devices to the "
             "tensor axis")
+    if config.seq_len % sizes["context"]:
+        raise ValueError(f"seq_len={config.seq_len} must divide by the mesh's context axis "
+                         f"({sizes['context']}, mesh {config.mesh!r})")
 
 
 def build_layout(config: ml_collections.ConfigDict, vocab_size: int,
