@@ -123,3 +123,26 @@ def test_blockwise_running_topk_equals_top_k_over_whole_rows(topk, block, segmen
     got = blockwise_topk(q, k, w, mask, 0.5, topk, key_block=block)
     assert int(jnp.sum(want == NO_KEY)) > 0  # early queries have fewer than k keys
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("blocks,segments", [((8, 8), False), ((16, 8), True), ((8, 32), True)])
+def test_blockwise_attention_equals_masked_dense_values_and_gradients(blocks, segments):
+    from glm5_jax.model.blockwise_attention import blockwise_attention
+
+    rng = np.random.RandomState(sum(blocks))
+    b, s, h, d, dv = 2, 32, 3, 8, 6
+    q, k = (jnp.asarray(rng.randn(b, s, h, d) * 2, jnp.float32) for _ in range(2))
+    v = jnp.asarray(rng.randn(b, s, h, dv), jnp.float32)
+    segment_ids = jnp.asarray((np.arange(s)[None] >= 13).astype(np.int32).repeat(b, 0) + 1) if segments else None
+    mask = attention_mask(s, segment_ids, b)
+    cotangent = jnp.asarray(rng.randn(b, s, h, dv), jnp.float32)
+
+    def run(fn):
+        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask, 0.3), q, k, v)
+        return out, vjp(cotangent)
+
+    want, want_grads = run(sa.masked_dense_attention)
+    got, got_grads = run(lambda *a: blockwise_attention(*a, query_block=blocks[0], key_block=blocks[1]))
+    assert relative_error(got, want) <= 1e-5
+    for g, w in zip(got_grads, want_grads):
+        assert relative_error(g, w) <= 1e-5

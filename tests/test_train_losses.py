@@ -106,3 +106,49 @@ def test_dense_baseline_experiment_differs_only_in_the_model():
     dense = load_experiment(REPO / "experiments" / "dense_baseline.py").to_dict()
     assert dense.pop("model") == "dense_baseline" and tiny.pop("model") == "tiny"
     assert dense == tiny
+
+
+@pytest.mark.parametrize("seq,chunk", [(32, 8), (32, 32), (30, 8)])
+def test_chunked_cross_entropy_equals_cross_entropy_on_full_logits(seq, chunk):
+    """Value and gradients (hidden and head kernel), for the main head and the MTP steps."""
+    from glm5_jax.train.losses import (
+        chunked_cross_entropy,
+        cross_entropy,
+        mtp_chunked_cross_entropy,
+        mtp_cross_entropy,
+    )
+
+    rng = np.random.RandomState(seq + chunk)
+    b, d, vocab, steps = 2, 8, 40, 2
+    hidden = jnp.asarray(rng.randn(steps, b, seq, d), jnp.float32)
+    kernel = jnp.asarray(rng.randn(d, vocab), jnp.float32)
+    targets = jnp.asarray(rng.randint(0, vocab, (b, seq)), jnp.int32)
+    mask = jnp.asarray(rng.uniform(size=(b, seq)) < 0.8, jnp.float32)
+    segments = jnp.asarray((np.arange(seq)[None] >= seq // 2).astype(np.int32).repeat(b, 0) + 1)
+    tokens = jnp.sum(mask)
+
+    def full(h, w):
+        return (cross_entropy(h[0] @ w, targets, mask)
+                + mtp_cross_entropy(jnp.einsum("nbsd,dv->nbsv", h, w), targets, mask, segments))
+
+    def chunked(h, w):
+        return (chunked_cross_entropy(h[0], w, targets, mask, chunk=chunk) / tokens
+                + mtp_chunked_cross_entropy(h, w, targets, mask, segments))
+
+    want, want_grads = jax.value_and_grad(full, argnums=(0, 1))(hidden, kernel)
+    got, got_grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(hidden, kernel)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_routed_counts_by_segment_sums_equal_the_one_hot_definition():
+    from glm5_jax.train.losses import routed_counts
+
+    rng = np.random.RandomState(0)
+    experts = 6
+    ids = rng.randint(0, experts + 1, (3, 2, 5, 4))  # [layers, b, s, k]; id 6 = dropped slot
+    mask = (rng.uniform(size=(2, 5)) < 0.7).astype(np.float32)
+    onehot = np.eye(experts + 1)[ids][..., :experts]  # [layers, b, s, k, E]
+    want = np.einsum("lbske,bs->lbe", onehot, mask)
+    np.testing.assert_allclose(routed_counts(jnp.asarray(ids), jnp.asarray(mask), experts), want)

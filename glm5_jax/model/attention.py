@@ -21,6 +21,7 @@ from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import RMSNorm
 from glm5_jax.model.rope import apply_interleaved_rope
 from glm5_jax.model import kernel_dispatch
+from glm5_jax.model.blockwise_attention import blockwise_attention
 from glm5_jax.model import sparse_attention as sa
 
 
@@ -87,8 +88,11 @@ class MLAttention(nn.Module):
             kv = self.kv_b_proj(latent)  # [b, t, h, nope + v]
             k = jnp.concatenate(
                 [kv[..., :nope], jnp.broadcast_to(k_rope[:, :, None, :], kv.shape[:3] + (rope,))], axis=-1)
-            out = sa.masked_dense_attention(jnp.concatenate([q_nope, q_rope], -1), k, kv[..., nope:],
-                                            attend, c.attention_scale)
+            full_q = jnp.concatenate([q_nope, q_rope], -1)
+            if sparse:  # the reference form of sparse attention: a selection mask
+                out = sa.masked_dense_attention(full_q, k, kv[..., nope:], attend, c.attention_scale)
+            else:  # dense stages: online softmax in blocks, memory linear in length
+                out = blockwise_attention(full_q, k, kv[..., nope:], attend, c.attention_scale)
         else:
             # Absorbed form: score and mix in latent space, expand through W_uv once at the end.
             q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])

@@ -34,10 +34,14 @@ class GLM5Model(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, positions: Optional[jax.Array] = None,
-                 segment_ids: Optional[jax.Array] = None, *, return_mtp: bool = False):
+                 segment_ids: Optional[jax.Array] = None, *, return_mtp: bool = False,
+                 return_hidden: bool = False):
         """Logits [b, s, vocab]; with ``return_mtp`` also MTP logits [steps, b, s, vocab].
 
-        MTP step j's logits at position t predict token t + j + 1.
+        MTP step j's logits at position t predict token t + j + 1. With ``return_hidden`` the
+        head is not applied: (final normed hidden [b, s, d], head kernel [d, vocab] in the
+        compute dtype, MTP normed hiddens [steps, b, s, d] or None), so a loss can form the
+        logits a chunk at a time (``losses.chunked_cross_entropy``).
         """
         c = self.config
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
@@ -65,24 +69,33 @@ class GLM5Model(nn.Module):
                 x, topk, cos, sin, mask)
 
         if c.tie_word_embeddings:
-            def head(h):
-                return h @ embedding.T.astype(dt)
+            head_kernel = embedding.T.astype(dt)
         else:
             lm_head = Projection((c.hidden_size,), (c.vocab_size,), ("embed",), ("vocab",),
                                  c.initializer_range, dt, pdt, name="lm_head")
-            head = lm_head
+            head_kernel = jnp.asarray(lm_head.kernel, dt)
 
-        logits = head(RMSNorm(c.rms_norm_eps, dt, pdt, name="norm")(x))
-        logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
-        if not (c.num_mtp_layers and (return_mtp or self.is_initializing())):
-            return logits
-        mtp_logits = []
+        def head(h):
+            return h.astype(dt) @ head_kernel
+
+        normed = RMSNorm(c.rms_norm_eps, dt, pdt, name="norm")(x)
+        with_mtp = c.num_mtp_layers and (return_mtp or self.is_initializing())
+        if return_hidden and not with_mtp:
+            return normed, head_kernel, None
+        if not return_hidden:
+            logits = nn.with_logical_constraint(
+                head(normed), ("activation_batch", "activation_length", "activation_vocab"))
+            if not with_mtp:
+                return logits
+        mtp_normed = []
         hidden = x
         for step in range(c.mtp_num_steps):
             module_index = 0 if c.mtp_share_parameters else step
             module = MTPModule(c, name=f"mtp_{module_index}") if step == 0 or not c.mtp_share_parameters else module
-            hidden, normed = module(hidden, embed(shift_left(input_ids, step + 1)), cos, sin, mask)
-            mtp_logits.append(head(normed))
+            hidden, step_normed = module(hidden, embed(shift_left(input_ids, step + 1)), cos, sin, mask)
+            mtp_normed.append(step_normed)
+        if return_hidden:
+            return normed, head_kernel, jnp.stack(mtp_normed)
         if not return_mtp:
             return logits
-        return logits, jnp.stack(mtp_logits)
+        return logits, jnp.stack([head(h) for h in mtp_normed])

@@ -144,6 +144,8 @@ def plan(config: ml_collections.ConfigDict, topology: Topology,
     for stage in stages or stages_of(config):
         model_flops = training_flops_per_token(
             forward_config(layout.model_config, stage, config.seq_len), config.seq_len)
+        if stage == DENSE_WARMUP:  # only the indexer trains: the useful work is one forward
+            model_flops /= 3
         results.append(compile_stage(layout, stage, topology,
                                      model_flops * tokens / len(devices)))
     model_flops = training_flops_per_token(layout.model_config, config.seq_len)

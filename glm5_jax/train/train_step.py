@@ -41,8 +41,8 @@ from glm5_jax.model.transformer import GLM5Model, attention_mask
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP
 from glm5_jax.train.indexer_loss import indexer_loss_and_recall
 from glm5_jax.train.losses import (
-    cross_entropy,
-    mtp_cross_entropy,
+    chunked_cross_entropy,
+    mtp_chunked_cross_entropy,
     mtp_valid_masks,
     sequence_balance_loss,
 )
@@ -100,19 +100,20 @@ def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, s
 
     def loss_fn(params, routing, batch: Batch, token_share: jax.Array, rng: jax.Array,
                 whole_batch: dict | None = None):
-        outputs, collections = model.apply(
+        (hidden, head_kernel, mtp_hidden), collections = model.apply(
             {"params": params, "routing": routing}, batch["inputs"], batch["positions"],
-            batch["segment_ids"], return_mtp=has_mtp, mutable=["intermediates"],
-            capture_intermediates=_capture, rngs={"dropout": rng})
-        logits, mtp_logits = outputs if has_mtp else (outputs, None)
+            batch["segment_ids"], return_mtp=has_mtp, return_hidden=True,
+            mutable=["intermediates"], capture_intermediates=_capture, rngs={"dropout": rng})
         intermediates = collections["intermediates"]
         targets, loss_mask, segment_ids = batch["targets"], batch["loss_mask"], batch["segment_ids"]
         batch_size, seq = targets.shape
 
-        terms = {"ce_loss": cross_entropy(logits, targets, loss_mask)}
-        terms["mtp_loss"] = (mtp_cross_entropy(mtp_logits, targets, loss_mask, segment_ids,
-                                               None if whole_batch is None else whole_batch["mtp"])
-                             if has_mtp else jnp.zeros(()))
+        # Logits a chunk of positions at a time: [b, s, vocab] never exists.
+        tokens = jnp.maximum(jnp.sum(loss_mask.astype(jnp.float32)), 1.0)
+        terms = {"ce_loss": chunked_cross_entropy(hidden, head_kernel, targets, loss_mask) / tokens}
+        terms["mtp_loss"] = (mtp_chunked_cross_entropy(
+            mtp_hidden, head_kernel, targets, loss_mask, segment_ids,
+            None if whole_batch is None else whole_batch["mtp"]) if has_mtp else jnp.zeros(()))
         terms["balance_loss"] = (
             sequence_balance_loss(_router_outputs(intermediates), batch_size, seq, loss_mask,
                                   model_config.n_routed_experts, model_config.max_experts_per_tok)
