@@ -47,6 +47,12 @@ def _gather(idx_smem, k_hbm, v_hbm, kbuf, vbuf, sems, *, batch, block, slot, blo
     jax.lax.fori_loop(0, block_k, row, 0)
 
 
+def _rows(buffer, slot):
+    """[block_k, d] from a [2, block_k, 1, d] gather buffer (one row per tile)."""
+    rows = buffer[slot]
+    return rows.reshape(rows.shape[0], rows.shape[2])
+
+
 def _prefetch_and_wait(gather):
     """Double buffering across grid steps: block j+1's copies fly while j is computed."""
     block = pl.program_id(2)
@@ -101,7 +107,7 @@ def forward(
                  jax.ShapeDtypeStruct((batch, q_len, heads, 1), jnp.float32))
     kernel = functools.partial(_forward_kernel, block_k=block_k, scale=scale, num_keys=kv_len)
     kernel, args, in_specs, aliases = poison.with_poison(
-        kernel, args=[idx[:, :, None, :], idx[:, :, None, :], q, k, v],
+        kernel, args=[idx[:, :, None, :], idx[:, :, None, :], q, k[:, :, None], v[:, :, None]],
         in_specs=_specs(q.shape, topk, block_k, heads_per_batch), out_shape=out_shape,
     )
     return pl.pallas_call(
@@ -112,8 +118,8 @@ def forward(
         out_specs=(pl.BlockSpec((None, None, heads, d_v), lambda b, t, j: (b, t, 0, 0)),
                    pl.BlockSpec((None, None, heads, 1), lambda b, t, j: (b, t, 0, 0))),
         scratch_shapes=[
-            pltpu.VMEM((2, block_k, d_qk), k.dtype),
-            pltpu.VMEM((2, block_k, d_v), v.dtype),
+            pltpu.VMEM((2, block_k, 1, d_qk), k.dtype),
+            pltpu.VMEM((2, block_k, 1, d_v), v.dtype),
             pltpu.SemaphoreType.DMA((2, 2)),
             pltpu.VMEM((heads, 1), jnp.float32),
             pltpu.VMEM((heads, 1), jnp.float32),
@@ -160,8 +166,8 @@ def _forward_kernel(
     slot = _prefetch_and_wait(gather)
     ids = idx_row[...]
     valid = (ids >= 0) & (ids < num_keys)
-    s = math.scores(q_ref[...], kbuf[slot], valid, scale)
-    m, l, acc = math.online_softmax_step(s, vbuf[slot], m_ref[...], l_ref[...], acc_ref[...])
+    s = math.scores(q_ref[...], _rows(kbuf, slot), valid, scale)
+    m, l, acc = math.online_softmax_step(s, _rows(vbuf, slot), m_ref[...], l_ref[...], acc_ref[...])
     m_ref[...], l_ref[...], acc_ref[...] = m, l, acc
 
     @pl.when(block == pl.num_programs(2) - 1)
@@ -198,7 +204,8 @@ def backward(
     slots = lambda d: pl.BlockSpec((None, None, block_k, d), lambda b, t, j: (b, t, j, 0))
     kernel = functools.partial(_backward_kernel, block_k=block_k, scale=scale, num_keys=kv_len)
     kernel, args, in_specs, aliases = poison.with_poison(
-        kernel, args=[idx[:, :, None, :], idx[:, :, None, :], q, k, v, dout, lse, delta],
+        kernel, args=[idx[:, :, None, :], idx[:, :, None, :], q, k[:, :, None], v[:, :, None],
+              dout, lse, delta],
         in_specs=_specs(q.shape, topk, block_k, heads_per_batch)
         + [token((heads, d_v)), token((heads, 1)), token((heads, 1))],
         out_shape=out_shape,
@@ -210,8 +217,8 @@ def backward(
         in_specs=in_specs,
         out_specs=(token((heads, d_qk)), slots(d_qk), slots(d_v)),
         scratch_shapes=[
-            pltpu.VMEM((2, block_k, d_qk), k.dtype),
-            pltpu.VMEM((2, block_k, d_v), v.dtype),
+            pltpu.VMEM((2, block_k, 1, d_qk), k.dtype),
+            pltpu.VMEM((2, block_k, 1, d_v), v.dtype),
             pltpu.SemaphoreType.DMA((2, 2)),
             pltpu.VMEM((heads, d_qk), jnp.float32),
         ],
@@ -254,7 +261,7 @@ def _backward_kernel(
     ids = idx_row[...]
     valid = (ids >= 0) & (ids < num_keys)
     dq, dk, dv = math.block_grads(
-        q_ref[...], kbuf[slot], vbuf[slot], dout_ref[...], valid, lse_ref[...],
+        q_ref[...], _rows(kbuf, slot), _rows(vbuf, slot), dout_ref[...], valid, lse_ref[...],
         delta_ref[...], scale,
     )
     dq_acc[...] += dq

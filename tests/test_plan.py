@@ -87,7 +87,7 @@ def test_tiny_preset_fits_on_a_v5p_host_and_prints_the_json_contract():
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert JSON_KEYS <= set(report)
     assert report["fits"] is True and report["topology"] == "v5p-8" and report["chips"] == 4
-    assert report["mesh"] == {"data": 1, "fsdp": 2, "expert": 2, "tensor": 1}
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "expert": 2, "context": 1, "tensor": 1}
     assert report["hbm_bytes_per_device"] == CHIPS["v5p"].hbm_bytes
     assert 0 < report["peak_bytes_per_device"] < report["hbm_bytes_per_device"]
     # What the chip holds: parameters and optimizer state are part of the peak.
@@ -122,3 +122,37 @@ def test_usage_errors_exit_2_without_a_traceback():
                             "--config.mesh=fsdp=3")
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert "mesh" in completed.stderr
+
+
+def test_search_candidates_divide_everything_and_the_likeliest_to_fit_come_first():
+    from glm5_jax.plan.search import candidates
+    from glm5_jax.sharding import parse_mesh_spec
+
+    from glm5_jax.train.experiment import load_experiment
+
+    config = load_experiment(os.path.join(ROOT, "experiments", "glm5_full.py"), seq_len=4096,
+                             batch_size=256)
+    found = candidates(config, 512)
+    assert len(found) > 10
+    for c in found:
+        sizes = parse_mesh_spec(c.mesh, 512)
+        assert 256 % sizes["expert"] == 0 and 64 % sizes["tensor"] == 0
+        assert (256 // c.grad_accum_steps) % (sizes["fsdp"] * sizes["expert"]) == 0
+        assert 4096 % sizes["context"] == 0
+
+    def tokens_per_chip(c):
+        sizes = parse_mesh_spec(c.mesh, 512)
+        return 256 * 4096 / c.grad_accum_steps / (
+            sizes["fsdp"] * sizes["expert"] * sizes["context"] * sizes["tensor"])
+
+    assert [tokens_per_chip(c) for c in found] == sorted(tokens_per_chip(c) for c in found)
+    assert found[0].remat_policy == "full"
+
+
+def test_search_ranks_what_fits_and_prints_the_best_plan_as_json():
+    completed = run_planner("--config=experiments/tiny.py", "--topology=v5p-8", "--search",
+                            "--search_budget=2", "--stages=sparse", "--config.seq_len=256")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["fits"] is True and len(report["search"]) == 2
+    assert "plans that fit, fastest first:" in completed.stdout

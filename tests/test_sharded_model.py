@@ -69,3 +69,18 @@ def test_mesh_spec_errors_are_clear():
         sharding.make_mesh("fsdp=3")
     with pytest.raises(ValueError, match="unknown"):
         sharding.make_mesh("pipeline=8")
+
+
+def test_init_with_a_mesh_creates_each_variable_in_its_sharding(setup):
+    """Same values as the one-device init, but laid out on the mesh from the start."""
+    model, variables, _, _ = setup
+    mesh = sharding.make_mesh("fsdp=2,expert=4")
+    placed = glm5_jax.init_variables(model, jax.random.PRNGKey(0), mesh=mesh)
+    want = sharding.logical_shardings(mesh, logical_partition_specs(model))
+    experts = placed["params"]["moe_layers"]["block"]["layer_0"]["mlp"]["experts"]["wi_gate"]
+    assert experts.sharding.shard_shape(experts.shape)[1] == experts.shape[1] // 4  # 1 of 4 expert shards
+    for (path, got), spec, ref in zip(jax.tree_util.tree_leaves_with_path(placed),
+                                      jax.tree_util.tree_leaves(want),
+                                      jax.tree_util.tree_leaves(variables)):
+        assert got.sharding.is_equivalent_to(spec, got.ndim), jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref), err_msg=jax.tree_util.keystr(path))

@@ -32,7 +32,7 @@ from glm5_jax.train.run_setup import build_run
 from glm5_jax.train.testing import REPO, cpu_test_config, write_test_corpus
 from glm5_jax.train.testing import TEST_TOTAL_STEPS as TOTAL_STEPS
 
-SHARDED_MESH = "fsdp=4,expert=2"
+SHARDED_MESH = "fsdp=2,expert=2,tensor=2"
 LOSS_FIELDS = ("loss", "ce_loss", "indexer_kl", "balance_loss", "grad_norm")
 # The indexer KL is a difference of nearly equal cross entropies (~1e-5 out of ~3): float32
 # reduction-order changes move it by ~1e-8 absolute, beyond 1e-4 relative. The losses

@@ -71,18 +71,20 @@ def to_hf(kind: str, n_in: int, kernel: np.ndarray) -> np.ndarray:
 
 
 def expert_tensors_to_ours(read: Callable[[str], np.ndarray], has: Callable[[str], bool],
-                           prefix: str, num_experts: int) -> dict[str, np.ndarray]:
-    """Experts from either HF layout: fused ``gate_up_proj`` or one Linear per expert."""
+                           prefix: str, num_experts: int, experts: slice = slice(None)
+                           ) -> dict[str, np.ndarray]:
+    """Experts ``experts`` (default all) from either HF layout: fused ``gate_up_proj`` or one
+    Linear per expert (then only the selected experts' tensors are read)."""
     if has(f"{prefix}.experts.gate_up_proj"):
-        gate_up = read(f"{prefix}.experts.gate_up_proj")  # [e, 2f, d]
+        gate_up = read(f"{prefix}.experts.gate_up_proj")[experts]  # [e, 2f, d]
         width = gate_up.shape[1] // 2
         return {
             "wi_gate": np.ascontiguousarray(gate_up[:, :width].transpose(0, 2, 1)),
             "wi_up": np.ascontiguousarray(gate_up[:, width:].transpose(0, 2, 1)),
-            "wo": np.ascontiguousarray(read(f"{prefix}.experts.down_proj").transpose(0, 2, 1)),
+            "wo": np.ascontiguousarray(read(f"{prefix}.experts.down_proj")[experts].transpose(0, 2, 1)),
         }
     stacked = {name: [] for name in ("wi_gate", "wi_up", "wo")}
-    for e in range(num_experts):
+    for e in range(num_experts)[experts]:
         stacked["wi_gate"].append(read(f"{prefix}.experts.{e}.gate_proj.weight").T)
         stacked["wi_up"].append(read(f"{prefix}.experts.{e}.up_proj.weight").T)
         stacked["wo"].append(read(f"{prefix}.experts.{e}.down_proj.weight").T)

@@ -10,6 +10,9 @@ not (with one sentence saying what is over and what to try), 2 on a usage error.
     --config.seq_len=4096 --config.batch_size=256 --config.mesh=fsdp=-1,expert=32
     --stages=sparse          compile only these stages (default: those the schedule reaches)
     --json                   print only the JSON line
+    --search [--search_budget=8]   compile up to N (mesh, remat, grad_accum) candidates and
+                             rank those that fit by roofline step time (the JSON line: the
+                             best plan, plus "search": every fitting candidate)
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ _TOPOLOGY = flags.DEFINE_string(
 _STAGES = flags.DEFINE_list("stages", None, "Stages to compile: dense, dense_warmup, sparse "
                             "(default: every stage the schedule reaches).")
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
+_SEARCH = flags.DEFINE_bool("search", False, "Try mesh shapes, remat policies and "
+                            "micro-batching; rank the plans that fit.")
+_SEARCH_BUDGET = flags.DEFINE_integer("search_budget", 8, "Most candidates --search compiles.")
 flags.mark_flags_as_required(["config", "topology"])
 
 EXIT_DOES_NOT_FIT = 3
@@ -58,6 +64,9 @@ def main(argv: list[str]) -> None:
             _usage_error("the planner compiles with libtpu, which is not installed: "
                          "pip install -e '.[tpu]'")
         from glm5_jax.plan.planner import plan
+        if _SEARCH.value:
+            _run_search(_CONFIG.value, topology, stages)
+            return
         result = plan(_CONFIG.value, topology, stages)
     except (TopologyError, ExperimentConfigError, ConfigError, ValueError) as error:
         _usage_error(str(error))
@@ -68,6 +77,36 @@ def main(argv: list[str]) -> None:
     print(json.dumps(result.to_json()), flush=True)
     if not result.fits:
         sys.exit(EXIT_DOES_NOT_FIT)
+
+
+def _run_search(config, topology, stages) -> None:
+    from glm5_jax.plan.report import render_table
+    from glm5_jax.plan.search import search
+
+    quiet = _JSON.value
+    ranked = search(config, topology, stages, _SEARCH_BUDGET.value,
+                    report=(lambda line: None) if quiet else (lambda line: print(line, flush=True)))
+    if not ranked:
+        if not quiet:
+            print(f"does not fit: none of the {_SEARCH_BUDGET.value} candidates tried fits on "
+                  f"{topology.name}; raise --search_budget, shorten --config.seq_len or "
+                  "--config.batch_size, or use more chips.")
+        print(json.dumps({"fits": False, "search": [], "topology": topology.name}), flush=True)
+        sys.exit(EXIT_DOES_NOT_FIT)
+    best_candidate, best = ranked[0]
+    if not quiet:
+        print("\nplans that fit, fastest first:")
+        for rank, (candidate, result) in enumerate(ranked, 1):
+            step = max(s.roofline.step_s for s in result.stages if s.roofline)
+            print(f"{rank}. {candidate.describe()}: roofline step {step * 1e3:,.1f} ms, peak "
+                  f"{result.worst.peak_bytes / 2**30:,.2f} GiB")
+        print(f"\nbest: {best_candidate.describe()}")
+        print(render_table(best))
+    summary = best.to_json()
+    summary["search"] = [{"mesh": c.mesh, "remat_policy": c.remat_policy,
+                          "grad_accum_steps": c.grad_accum_steps,
+                          "peak_bytes_per_device": r.worst.peak_bytes} for c, r in ranked]
+    print(json.dumps(summary), flush=True)
 
 
 def _usage_error(message: str) -> None:
