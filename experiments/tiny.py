@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 100
     config.keep_checkpoints = 3
     config.async_checkpointing = True
+    config.checkpoint_fingerprint = True  # checksum the state on save, verify it on restore
     config.log_every = 10
     config.progress_bar = True
     config.peak_flops_per_device = 0.0  # 0: looked up by device kind, measured on CPU

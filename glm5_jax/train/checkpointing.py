@@ -118,8 +118,12 @@ class Checkpointer:
     """Async, keep-N orbax checkpoints of (state, iterator position) with verified restore."""
 
     def __init__(self, directory: str | Path, keep: int, async_save: bool = True,
-                 log: Callable[[str], None] = _LOG.warning):
+                 log: Callable[[str], None] = _LOG.warning, fingerprint: bool = True):
+        """``fingerprint=False`` skips the state checksum on save and restore: it copies every
+        shard to the host synchronously, which a pod run (``experiments/glm5_full.py``) does
+        not want on its critical path; orbax's own write-then-rename still guards saves."""
         self.directory = Path(directory).absolute()
+        self.fingerprint = fingerprint
         self._log = log
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
@@ -128,7 +132,7 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, iterator: grain.DatasetIterator) -> None:
         tree = state.as_dict()
-        fingerprint = state_fingerprint(tree)
+        fingerprint = state_fingerprint(tree) if self.fingerprint else None
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree),
             data=grain.checkpoint.CheckpointSave(_IteratorPosition(iterator.get_state())),
@@ -161,7 +165,7 @@ class Checkpointer:
         if meta.get("step") != step or int(tree["step"]) != step:
             raise CheckpointCorruptError(
                 f"step mismatch: directory {step}, metadata {meta.get('step')}, state {int(tree['step'])}")
-        if state_fingerprint(tree) != meta["fingerprint"]:
+        if meta.get("fingerprint") is not None and state_fingerprint(tree) != meta["fingerprint"]:
             raise CheckpointCorruptError("restored state does not match the saved fingerprint")
         return TrainState.from_dict(tree)
 

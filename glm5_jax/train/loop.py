@@ -88,7 +88,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     peak, peak_source = peak_flops_per_device(config.peak_flops_per_device)
     iterator = make_train_iterator(run.data_config, run.prepared)
     checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
-                               config.async_checkpointing)
+                               config.async_checkpointing,
+                               fingerprint=config.get("checkpoint_fingerprint", True))
     throughput = Throughput(config.batch_size * config.seq_len,
                             training_flops_per_token(run.model_config, config.seq_len),
                             peak * run.mesh.size)
