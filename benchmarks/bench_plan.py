@@ -33,13 +33,16 @@ TINY = [dict(seq_len=seq, attention=attention)
 # glm5_full with its experiment's settings (full remat, ragged expert parallelism, gather
 # attention). Rows shard over fsdp x expert (x data), the sequence over context, so each
 # mesh is chosen for its batch: 4K rows hold one sequence per (fsdp, expert) pair with
-# tensor=2; 128K rows split each sequence 32 ways over context.
+# tensor=2 (or context=2); 128K rows split each sequence 32 ways over context, 16 sequences
+# (2M tokens) per step.
 FULL = [
     dict(topology="v5p-512", seq_len=4096, batch_size=128, mesh="fsdp=4,expert=32,tensor=2"),
     dict(topology="v5p-1024", seq_len=4096, batch_size=256, mesh="fsdp=8,expert=32,tensor=2"),
+    # The same batch with the sequence split in two instead of the heads: no tensor all-reduces.
+    dict(topology="v5p-1024", seq_len=4096, batch_size=256, mesh="fsdp=8,expert=32,context=2"),
     dict(topology="v5p-2048", seq_len=4096, batch_size=512, mesh="fsdp=16,expert=32,tensor=2"),
     dict(topology="v5p-1024", seq_len=131072, batch_size=16, mesh="expert=16,context=32"),
-    dict(topology="v5p-2048", seq_len=131072, batch_size=32, mesh="expert=32,context=32"),
+    dict(topology="v5p-2048", seq_len=131072, batch_size=16, mesh="expert=16,context=32,tensor=2"),
 ]
 
 

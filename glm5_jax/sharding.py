@@ -119,9 +119,30 @@ def activate(mesh: Mesh) -> Iterator[Mesh]:
         yield mesh
 
 
-def logical_shardings(mesh: Mesh, logical_tree) -> object:
-    """NamedShardings for a pytree of logical PartitionSpecs (from ``nn.get_partition_spec``)."""
-    return nn.logical_to_mesh_sharding(logical_tree, mesh, LOGICAL_AXIS_RULES)
+def logical_shardings(mesh: Mesh, logical_tree, shapes=None) -> object:
+    """NamedShardings for a pytree of logical PartitionSpecs (from ``nn.get_partition_spec``).
+
+    With ``shapes`` (a matching tree of arrays or ShapeDtypeStructs), a dim whose mesh axes do
+    not divide it keeps only the leading axes that do (kv_lora=512 over fsdp x expert x
+    context = 1024 devices shards 512 ways over the first two), instead of failing later.
+    """
+    shardings = nn.logical_to_mesh_sharding(logical_tree, mesh, LOGICAL_AXIS_RULES)
+    if shapes is None:
+        return shardings
+    return jax.tree.map(lambda sharding, leaf: fit_to_shape(sharding, leaf.shape), shardings,
+                        shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def fit_to_shape(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+    """Drop trailing mesh axes of each dim until their product divides the dim's size."""
+    sizes = dict(sharding.mesh.shape)
+    fitted = []
+    for dim, axes in enumerate(tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))):
+        axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        while axes and shape[dim] % int(np.prod([sizes[a] for a in axes])):
+            axes = axes[:-1]
+        fitted.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return NamedSharding(sharding.mesh, PartitionSpec(*fitted))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

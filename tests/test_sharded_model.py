@@ -84,3 +84,15 @@ def test_init_with_a_mesh_creates_each_variable_in_its_sharding(setup):
                                       jax.tree_util.tree_leaves(variables)):
         assert got.sharding.is_equivalent_to(spec, got.ndim), jax.tree_util.keystr(path)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(ref), err_msg=jax.tree_util.keystr(path))
+
+
+def test_shardings_keep_only_the_mesh_axes_that_divide_each_dim():
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = sharding.make_mesh("fsdp=2,expert=4")
+    wanted = NamedSharding(mesh, PartitionSpec(("fsdp", "expert"), None))
+    assert sharding.fit_to_shape(wanted, (16, 3)).spec == PartitionSpec(("fsdp", "expert"), None)
+    assert sharding.fit_to_shape(wanted, (4, 3)).spec == PartitionSpec("fsdp", None)
+    assert sharding.fit_to_shape(wanted, (3, 3)).spec == PartitionSpec(None, None)
+    experts = NamedSharding(mesh, PartitionSpec("expert", "fsdp"))
+    assert sharding.fit_to_shape(experts, (6, 4)).spec == PartitionSpec(None, "fsdp")

@@ -184,7 +184,8 @@ def load_hf(path: str, mesh: Mesh | None = None, **config_overrides: Any) -> tup
     else:
         from glm5_jax.sharding import logical_shardings
 
-        shardings = traverse_util.flatten_dict(logical_shardings(mesh, logical_partition_specs(model)))
+        shardings = traverse_util.flatten_dict(logical_shardings(
+            mesh, logical_partition_specs(model), abstract_variables(model)))
     param_dtype = jnp.dtype(config.param_dtype)
     variables = {}
     for key, abstract in shapes.items():

@@ -25,7 +25,8 @@ def init_variables(model: GLM5Model, rng: jax.Array, seq_len: int = 8,
         return jax.jit(init)(rng)
     from glm5_jax.sharding import logical_shardings
 
-    shardings = logical_shardings(mesh, logical_partition_specs(model, seq_len))
+    shardings = logical_shardings(mesh, logical_partition_specs(model, seq_len),
+                                  abstract_variables(model, seq_len))
     return jax.jit(init, out_shardings=shardings)(rng)
 
 

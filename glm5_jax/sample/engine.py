@@ -160,7 +160,7 @@ def _shard_inputs(config: ModelConfig, mesh, variables, prompt, lengths):
     from glm5_jax.model import GLM5Model, logical_partition_specs
     from glm5_jax.sharding import BATCH_MESH_AXES, batch_sharding, logical_shardings, replicated
 
-    shardings = logical_shardings(mesh, logical_partition_specs(GLM5Model(config)))
+    shardings = logical_shardings(mesh, logical_partition_specs(GLM5Model(config)), variables)
     variables = jax.device_put(variables, shardings)
     data_ways = math.prod(mesh.shape[axis] for axis in BATCH_MESH_AXES)
     if prompt.shape[0] % data_ways == 0:

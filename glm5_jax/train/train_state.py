@@ -62,7 +62,7 @@ def state_shardings(mesh: Mesh, abstract_state: TrainState, param_specs: Any) ->
     An optimizer-state leaf whose dict-key path ends with a parameter's path and has that
     parameter's shape (Adam's mu/nu, Muon's momentum) shards like the parameter.
     """
-    param_shardings = logical_shardings(mesh, param_specs)
+    param_shardings = logical_shardings(mesh, param_specs, abstract_state.params)
     by_path = {}
     for keypath, sharding in jax.tree_util.tree_flatten_with_path(
             param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]:
