@@ -163,9 +163,12 @@ def compile_stage(layout: RunLayout, stage: str, topology: Topology,
             compiled = lowered.compile()
         except Exception as error:  # noqa: BLE001 -- only the compiler's OOM is expected
             message = str(error)
-            match = _OOM.search(message)
-            if "RESOURCE_EXHAUSTED" not in message or not match:
+            if "RESOURCE_EXHAUSTED" not in message:
                 raise
+            match = _OOM.search(message)
+            if not match:  # on-chip memory (VMEM) of one fusion, not HBM: a compiler limit
+                return StagePlan(stage, False, arguments, arguments, 0.0, 0.0, 0.0, 0.0,
+                                 compiler_refused=" ".join(message.split())[:300])
             temp = float(match.group(1)) * _UNITS[match.group(2)]
             return StagePlan(stage, False, arguments + temp, arguments, 0.0, 0.0, temp, 0.0,
                              compiler_refused=message.splitlines()[0][:300])

@@ -44,6 +44,12 @@ def render_table(plan: Plan) -> str:
 
 
 def does_not_fit_sentence(plan: Plan) -> str:
+    refused = [s for s in plan.stages if not s.fits and s.peak_bytes <= plan.hbm_bytes]
+    if refused:  # not HBM: the compiler could not build the program at all
+        stage = refused[0]
+        return (f"does not fit: the TPU compiler refused stage {stage.stage} on "
+                f"{plan.topology.name} ({stage.compiler_refused}); this is a limit of one "
+                "fused operation, not of HBM: try another --config.seq_len or mesh.")
     worst = plan.worst
     over = worst.peak_bytes / plan.hbm_bytes
     state = plan.params_bytes + plan.optimizer_bytes

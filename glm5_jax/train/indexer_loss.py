@@ -175,7 +175,12 @@ def sparse_stage_terms(attn: MLAttention, x: jax.Array, cos: jax.Array, sin: jax
                     + jnp.einsum("bshr,btr->bhst", q_rope[:, sampled], k_rope)
                     ).astype(jnp.float32) * c.attention_scale
     rows_mask = mask[:, sampled]
-    dense_target = head_mean_attention(jax.lax.stop_gradient(dense_logits), rows_mask)
+    # Only the ranking matters here: sum over heads of exp(logit - logsumexp), the head-mean
+    # attention times h, without the softmax's division (libtpu fused that division with the
+    # head reduction into a [b, queries, t] tile that overflowed VMEM at 4K).
+    masked = jnp.where(rows_mask[:, None], jax.lax.stop_gradient(dense_logits), jnp.finfo(jnp.float32).min)
+    lse = jax.nn.logsumexp(masked, axis=-1, keepdims=True)
+    dense_target = jnp.sum(jnp.exp(masked - lse), axis=1)
     dense_top = select_topk(jnp.where(rows_mask, dense_target, -jnp.inf), c.index_topk)
     hits = jnp.sum(selection_mask(dense_top, s) & selection_mask(topk[:, sampled], s), axis=-1)
     recall = hits / jnp.maximum(jnp.sum(dense_top != NO_KEY, axis=-1), 1)
