@@ -156,3 +156,15 @@ def test_search_ranks_what_fits_and_prints_the_best_plan_as_json():
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["fits"] is True and len(report["search"]) == 2
     assert "plans that fit, fastest first:" in completed.stdout
+
+
+def test_a_vmem_refusal_reads_as_the_compilers_sentence_not_an_hbm_overflow():
+    from glm5_jax.plan.planner import Plan, StagePlan
+    from glm5_jax.plan.report import does_not_fit_sentence
+
+    refusal = "RESOURCE_EXHAUSTED: E1001: CompileTimeScopedVmemOom: Ran out of memory in memory space vmem"
+    stages = [StagePlan("sparse", False, 2e9, 2e9, 0.0, 0.0, 0.0, 0.0, compiler_refused=refusal)]
+    plan = Plan(parse_topology("v5p-8"), {"fsdp": 4}, None, 1e9, 1e9, 1e12, stages)
+    sentence = does_not_fit_sentence(plan)
+    assert "refused stage sparse on v5p-8" in sentence and "CompileTimeScopedVmemOom" in sentence
+    assert "x over" not in sentence
