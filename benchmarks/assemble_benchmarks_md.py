@@ -20,7 +20,7 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("model", "model", ("model.md",)),
     ("kernels", "kernels", ("kernels.md",)),
     ("data", "data", ("data.md",)),
-    ("training", "training", ("train.md",)),
+    ("training", "training", ("train.md", "step_regression_notes.md", "step_regression.md")),
     ("decode", "decode", ("decode.md",)),
     ("evaluation-sandbox", "evaluation sandbox", ("eval.md",)),
     ("pod-plan", "pod plan", ("plan_notes.md", "plan_tiny.md", "plan_full.md")),
@@ -35,8 +35,9 @@ section) with the command shown in the section; this file is assembled from
 `benchmarks/results/*.md` by `benchmarks/assemble_benchmarks_md.py`. Machine for all of them:
 the shared 2-core development box, CPU only, no accelerator (this task was not lent a GPU);
 it was often loaded by parallel jobs, so read ratios measured side by side in one run, not
-absolute times. **GPU/TPU numbers are pending** for every kernel: the kernels were checked
-for correctness in interpret mode and for lowering to Mosaic (TPU) and Triton (GPU).
+absolute times. **GPU/TPU timings are pending** for every kernel: the kernels were checked
+for correctness in interpret mode, for lowering to Triton (GPU), and compiled to TPU
+executables by libtpu (deviceless, at GLM-5's dims); none was timed on an accelerator.
 """
 
 
