@@ -145,6 +145,11 @@ def fit_to_shape(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedShardi
     return NamedSharding(sharding.mesh, PartitionSpec(*fitted))
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many ways a batch's rows split: data x fsdp x expert."""
+    return int(np.prod([dict(mesh.shape)[axis] for axis in BATCH_MESH_AXES]))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Inputs [batch, seq, ...] shard rows over data, fsdp and expert (as activation_batch)
     and the sequence over context (as activation_length)."""

@@ -211,18 +211,22 @@ def _shard_reader(per_layer: dict, shape: tuple[int, ...], dtype, is_expert: boo
             cache[key] = per_layer[rep](experts)
         return cache[key]
 
+    lead = 1 if stacked else 0  # a scanned stack's layer axis
+    layer_shape = shape[lead:]
+
     def callback(index: tuple[slice, ...]) -> np.ndarray:
         index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+        in_layer = index[lead:]
+        experts = in_layer[0] if is_expert else slice(None)  # read only these experts
+        rest = (slice(None),) + in_layer[1:] if is_expert else in_layer
+        shape_read = (-1,) + layer_shape[1:] if is_expert else layer_shape
+
+        def piece(rep):
+            return np.asarray(layer(rep, experts)).reshape(shape_read)[rest]
+
         if not stacked:
-            experts = index[0] if is_expert else slice(None)
-            value = layer(None, experts)
-            rest = (slice(None),) + index[1:] if is_expert else index
-            return np.asarray(value.reshape((-1,) + shape[1:]) if is_expert else value.reshape(shape))[rest].astype(dtype)
-        reps = range(*index[0].indices(shape[0]))
-        experts = index[1] if is_expert else slice(None)
-        rest = ((slice(None),) + index[2:]) if is_expert else index[1:]
-        return np.stack([np.asarray(layer(r, experts)).reshape(
-            ((-1,) if is_expert else ()) + shape[2 if is_expert else 1:])[rest] for r in reps]).astype(dtype)
+            return piece(None).astype(dtype)
+        return np.stack([piece(r) for r in range(*index[0].indices(shape[0]))]).astype(dtype)
 
     return callback
 

@@ -49,23 +49,31 @@ class MLAttention(nn.Module):
         if self.runs_indexer:
             self.indexer = LightningIndexer(c)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 prev_topk: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
-        """x [b, s, d], mask [b, s, t] (causal and same-document) -> (out [b, s, d], topk [b, s, k])."""
+    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+        """The MLA projections: (q_resid [b, s, q_lora], q_nope [b, s, h, nope], q_rope
+        [b, s, h, rope] (rotated), latent [b, t, kv_lora], k_rope [b, t, rope] (rotated)).
+        Shared by the layer and the indexer losses that recompute its attention."""
         c = self.config
-        nope, rope = c.qk_nope_head_dim, c.qk_rope_head_dim
+        nope = c.qk_nope_head_dim
         q_resid = self.q_a_layernorm(self.q_a_proj(x))
         q = self.q_b_proj(q_resid)  # [b, s, h, nope + rope]
         q_nope, q_rope = q[..., :nope], apply_interleaved_rope(q[..., nope:], cos, sin)
         q_nope = nn.with_logical_constraint(
             q_nope, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
-
         compressed = self.kv_a_proj_with_mqa(x)
         latent = self.kv_a_layernorm(compressed[..., : c.kv_lora_rank])  # [b, t, c]
         k_rope = apply_interleaved_rope(compressed[..., None, c.kv_lora_rank:], cos, sin)[:, :, 0]
         # Queries may be split over the sequence (context parallelism); every query shard
         # needs every key: the latent (kv_lora_rank + rope per token) is what gets gathered.
         latent, k_rope = (nn.with_logical_constraint(a, KEY_AXES) for a in (latent, k_rope))
+        return q_resid, q_nope, q_rope, latent, k_rope
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                 prev_topk: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """x [b, s, d], mask [b, s, t] (causal and same-document) -> (out [b, s, d], topk [b, s, k])."""
+        c = self.config
+        nope, rope = c.qk_nope_head_dim, c.qk_rope_head_dim
+        q_resid, q_nope, q_rope, latent, k_rope = self.project(x, cos, sin)
 
         kv_len = x.shape[1]
         sparse = kv_len > c.index_topk
@@ -82,7 +90,7 @@ class MLAttention(nn.Module):
         topk = jax.lax.stop_gradient(topk)
 
         impl = c.attention_impl if sparse else "masked_dense"
-        kv_b = jnp.asarray(self.kv_b_proj.kernel, q.dtype)
+        kv_b = jnp.asarray(self.kv_b_proj.kernel, q_nope.dtype)
         if impl == "masked_dense":
             attend = mask & sa.selection_mask(topk, kv_len) if sparse else mask
             kv = self.kv_b_proj(latent)  # [b, t, h, nope + v]

@@ -131,10 +131,10 @@ def _ragged_exchange(rows, ids, counts, experts_local, shards, buffer_rows, comp
     total, d = rows.shape
     send = counts.reshape(shards, experts_local).sum(axis=1)
     sent = jax.lax.all_gather(send, "expert")  # [sender, receiver]
-    # Receivers accept senders in order until their buffer is full.
-    accepted_before = jnp.minimum(_exclusive_cumsum(sent, axis=0), buffer_rows)
-    allowed = jnp.clip(buffer_rows - accepted_before, 0, sent)
+    # Receivers accept senders in order until their buffer is full; a sender's run starts
+    # where the earlier senders' accepted rows end.
     recv_offsets = jnp.minimum(_exclusive_cumsum(sent, axis=0), buffer_rows)  # [sender, receiver]
+    allowed = jnp.clip(buffer_rows - recv_offsets, 0, sent)
     run_starts = _exclusive_cumsum(sent, axis=1)  # where each run starts in its sender's rows
     me = jax.lax.axis_index("expert")
     send_sizes, recv_sizes = allowed[me], allowed[:, me]

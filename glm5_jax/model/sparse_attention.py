@@ -53,21 +53,27 @@ def gathered_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: ja
     Gathered keys take s * k * (c + r) values, so long inputs are processed ``query_chunk``
     queries at a time (rematerialised in the backward pass): memory stays at one chunk's.
     """
-    s = q_latent.shape[1]
-    if s <= query_chunk or s % query_chunk:
-        return _gathered_chunk(q_latent, q_rope, latent, k_rope, topk_indices, scale)
-    n = s // query_chunk
-
-    def split(x):  # [b, s, ...] -> [n, b, chunk, ...]
-        return jnp.moveaxis(x.reshape(x.shape[0], n, query_chunk, *x.shape[2:]), 1, 0)
-
-    @jax.checkpoint
     def chunk_fn(args):
         q_latent_c, q_rope_c, topk_c = args
         return _gathered_chunk(q_latent_c, q_rope_c, latent, k_rope, topk_c, scale)
 
-    out = jax.lax.map(chunk_fn, (split(q_latent), split(q_rope), split(topk_indices)))
-    return jnp.moveaxis(out, 0, 1).reshape(q_latent.shape[:3] + (latent.shape[-1],))
+    return map_query_chunks(chunk_fn, (q_latent, q_rope, topk_indices), query_chunk)
+
+
+def map_query_chunks(fn, pieces: tuple[jax.Array, ...], query_chunk: int) -> jax.Array:
+    """``fn(pieces)`` for arrays [b, s, ...], ``query_chunk`` queries at a time (``lax.map``,
+    each chunk rematerialised in the backward pass): memory of one chunk's intermediates.
+    The output is [b, s, ...]. Rows no longer than a chunk (or not a multiple) run whole."""
+    b, s = pieces[0].shape[:2]
+    if s <= query_chunk or s % query_chunk:
+        return fn(pieces)
+    n = s // query_chunk
+
+    def split(x):  # [b, s, ...] -> [n, b, chunk, ...]
+        return jnp.moveaxis(x.reshape(b, n, query_chunk, *x.shape[2:]), 1, 0)
+
+    out = jax.lax.map(jax.checkpoint(fn), tuple(map(split, pieces)))
+    return jnp.moveaxis(out, 0, 1).reshape((b, s) + out.shape[3:])
 
 
 def _gathered_chunk(q_latent, q_rope, latent, k_rope, topk_indices, scale):

@@ -16,9 +16,9 @@ import math
 
 import ml_collections
 
-from glm5_jax.config import get_preset
-from glm5_jax.plan.planner import Plan, plan
+from glm5_jax.plan.planner import Plan, plan, planning_vocab_size
 from glm5_jax.plan.topology import Topology
+from glm5_jax.train.experiment import model_config_from
 
 REMAT_CHOICES = ("full", "save_dots")
 ACCUM_CHOICES = (1, 2, 4)
@@ -40,9 +40,7 @@ def _powers_of_two_dividing(n: int) -> list[int]:
 
 def candidates(config: ml_collections.ConfigDict, chips: int) -> list[Candidate]:
     """Every (mesh, remat, accumulation) that divides cleanly, likeliest to fit first."""
-    model = get_preset(config.model).replace(**{
-        k: v for k, v in config.model_overrides.to_dict().items()
-        if k in ("n_routed_experts", "num_attention_heads")})
+    model = model_config_from(config, planning_vocab_size(config))  # as the run builds it
     found = []
     for expert, tensor, context in itertools.product(
             _powers_of_two_dividing(chips), (1, 2, 4), _powers_of_two_dividing(chips)):

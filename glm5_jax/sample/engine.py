@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -158,11 +157,10 @@ def _shard_inputs(config: ModelConfig, mesh, variables, prompt, lengths):
     """Parameters by the logical rules (heads over tensor, experts over expert); the batch over
     data x fsdp x expert when it divides, else replicated."""
     from glm5_jax.model import GLM5Model, logical_partition_specs
-    from glm5_jax.sharding import BATCH_MESH_AXES, batch_sharding, logical_shardings, replicated
+    from glm5_jax.sharding import batch_shards, batch_sharding, logical_shardings, replicated
 
     shardings = logical_shardings(mesh, logical_partition_specs(GLM5Model(config)), variables)
     variables = jax.device_put(variables, shardings)
-    data_ways = math.prod(mesh.shape[axis] for axis in BATCH_MESH_AXES)
-    if prompt.shape[0] % data_ways == 0:
+    if prompt.shape[0] % batch_shards(mesh) == 0:
         return variables, jax.device_put(prompt, batch_sharding(mesh)), jax.device_put(lengths, batch_sharding(mesh, 1))
     return variables, jax.device_put(prompt, replicated(mesh)), jax.device_put(lengths, replicated(mesh))

@@ -36,8 +36,7 @@ from flax import traverse_util
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.attention import MLAttention
 from glm5_jax.model.indexer import NO_KEY, blockwise_topk, index_scores, select_topk
-from glm5_jax.model.rope import apply_interleaved_rope
-from glm5_jax.model.sparse_attention import gather_keys, selection_mask
+from glm5_jax.model.sparse_attention import gather_keys, map_query_chunks, selection_mask
 from glm5_jax.train.experiment import SPARSE
 
 ATTENTION_INPUT = ("input_layernorm", "__call__")
@@ -53,14 +52,11 @@ def _attention_logits_and_index_scores(attn: MLAttention, x: jax.Array, cos: jax
     """
     c = attn.config
     nope, rope = c.qk_nope_head_dim, c.qk_rope_head_dim
-    q_resid = attn.q_a_layernorm(attn.q_a_proj(x))
-    q = attn.q_b_proj(q_resid)  # [b, s, h, nope + rope]
-    q = jnp.concatenate([q[..., :nope], apply_interleaved_rope(q[..., nope:], cos, sin)], axis=-1)
-    compressed = attn.kv_a_proj_with_mqa(x)
-    latent = attn.kv_a_layernorm(compressed[..., : c.kv_lora_rank])
-    k_rope = apply_interleaved_rope(compressed[..., None, c.kv_lora_rank:], cos, sin)  # [b, t, 1, r]
+    q_resid, q_nope, q_rope, latent, k_rope = attn.project(x, cos, sin)
+    q = jnp.concatenate([q_nope, q_rope], axis=-1)
     kv = attn.kv_b_proj(latent)  # [b, t, h, nope + v]
-    k = jnp.concatenate([kv[..., :nope], jnp.broadcast_to(k_rope, kv.shape[:3] + (rope,))], axis=-1)
+    k = jnp.concatenate([kv[..., :nope], jnp.broadcast_to(k_rope[:, :, None], kv.shape[:3] + (rope,))],
+                        axis=-1)
     logits = jnp.einsum("bshd,bthd->bhst", q, k).astype(jnp.float32) * c.attention_scale
 
     index_q, index_k, weights = attn.indexer.queries_keys_weights(
@@ -131,13 +127,8 @@ def sparse_stage_terms(attn: MLAttention, x: jax.Array, cos: jax.Array, sin: jax
     c = attn.config
     nope = c.qk_nope_head_dim
     b, s = x.shape[:2]
-    q_resid = attn.q_a_layernorm(attn.q_a_proj(x))
-    q = attn.q_b_proj(q_resid)
-    q_nope, q_rope = q[..., :nope], apply_interleaved_rope(q[..., nope:], cos, sin)
-    compressed = attn.kv_a_proj_with_mqa(x)
-    latent = attn.kv_a_layernorm(compressed[..., : c.kv_lora_rank])
-    k_rope = apply_interleaved_rope(compressed[..., None, c.kv_lora_rank:], cos, sin)[:, :, 0]
-    kv_b = jnp.asarray(attn.kv_b_proj.kernel, q.dtype)
+    q_resid, q_nope, q_rope, latent, k_rope = attn.project(x, cos, sin)
+    kv_b = jnp.asarray(attn.kv_b_proj.kernel, q_nope.dtype)
     q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])
     index_q, index_k, weights = attn.indexer.queries_keys_weights(
         x, jax.lax.stop_gradient(q_resid), cos, sin)
@@ -158,17 +149,7 @@ def sparse_stage_terms(attn: MLAttention, x: jax.Array, cos: jax.Array, sin: jax
         scores = jnp.einsum("bsh,bshk->bsk", weights_c, jax.nn.relu(dots * index_scale))
         return kl_to_indexer(target, scores, valid)
 
-    pieces = (q_latent, q_rope, index_q, weights, topk)
-    if s <= query_chunk or s % query_chunk:
-        kl = chunk_kl(pieces)
-    else:
-        n = s // query_chunk
-
-        def split(a):  # [b, s, ...] -> [n, b, chunk, ...]
-            return jnp.moveaxis(a.reshape(b, n, query_chunk, *a.shape[2:]), 1, 0)
-
-        kl = jnp.moveaxis(jax.lax.map(jax.checkpoint(chunk_kl), tuple(map(split, pieces))), 0, 1)
-        kl = kl.reshape(b, s)
+    kl = map_query_chunks(chunk_kl, (q_latent, q_rope, index_q, weights, topk), query_chunk)
 
     sampled = np.unique(np.linspace(0, s - 1, min(s, recall_queries)).round().astype(np.int32))
     dense_logits = (jnp.einsum("bshc,btc->bhst", q_latent[:, sampled], latent)

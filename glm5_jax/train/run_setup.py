@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ from glm5_jax.config import ModelConfig
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.pipeline import PreparedCorpus, prepare_corpus, vocab_size_of
 from glm5_jax.model import GLM5Model, logical_partition_specs
-from glm5_jax.sharding import BATCH_MESH_AXES, batch_sharding, make_mesh
+from glm5_jax.sharding import batch_shards, batch_sharding, make_mesh
 from glm5_jax.train.experiment import data_config_from, model_config_from, validate
 from glm5_jax.train.optimizer import make_optimizer
 from glm5_jax.train.train_state import TrainState, init_train_state, state_shardings
@@ -101,8 +100,7 @@ class RunLayout:
 def _check_batch_divides(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """Each micro-batch's rows shard over data x fsdp x expert, the sequence over context:
     say so before jit does."""
-    sizes = dict(mesh.shape)
-    shards = math.prod(sizes[a] for a in BATCH_MESH_AXES)
+    shards = batch_shards(mesh)
     micro = config.batch_size // max(config.grad_accum_steps, 1)
     if micro % shards:
         raise ValueError(
@@ -110,9 +108,10 @@ def _check_batch_divides(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
             f"{micro} rows per micro-batch) must divide by the mesh's data x fsdp x expert = "
             f"{shards} (mesh {config.mesh!r}); change batch_size, or move devices to the "
             "tensor axis")
-    if config.seq_len % sizes["context"]:
+    context = dict(mesh.shape)["context"]
+    if config.seq_len % context:
         raise ValueError(f"seq_len={config.seq_len} must divide by the mesh's context axis "
-                         f"({sizes['context']}, mesh {config.mesh!r})")
+                         f"({context}, mesh {config.mesh!r})")
 
 
 def build_layout(config: ml_collections.ConfigDict, vocab_size: int,
