@@ -186,9 +186,11 @@ def test_gathered_sparse_stage_equals_the_dense_reference():
     assert float(ref_kl) > 0 and 0 < float(ref_recall) < float(jnp.sum(weight))
     np.testing.assert_allclose(kl, ref_kl, rtol=1e-5)
     np.testing.assert_allclose(recall, ref_recall, rtol=1e-5)
-    np.testing.assert_allclose(recall_weight, jnp.sum(weight), rtol=1e-6)
+    np.testing.assert_allclose(recall_weight, jnp.sum(weight), rtol=1e-5)  # float32 sums, two orders
     ref_grad = jax.grad(lambda p: reference(p)[0])(params)["indexer"]
     grad = jax.grad(lambda p: gathered(p)[0])(params)["indexer"]
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grad), jax.tree_util.tree_leaves(ref_grad)):
+        # float32 1e-5, relative to the leaf's scale: entries near zero carry the rounding of
+        # the sums they come from, not of themselves.
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))),
                                    err_msg=jax.tree_util.keystr(path))

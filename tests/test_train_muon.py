@@ -132,6 +132,7 @@ def test_batched_orthogonalisation_equals_optax(shape, dims):
     coeffs = jnp.asarray(NS_COEFFS)
     want = orthogonalize_via_newton_schulz(x, coeffs, 5, "frobenius", 1e-8, dims)
     got = orthogonalize(x, dims, coeffs, 5, 1e-8)
+    # float32 1e-5 relative to the matrix's scale: the iteration mixes every entry of a row.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
@@ -153,5 +154,7 @@ def test_our_muon_equals_optax_muon_over_steps():
         up_a, state_a = ours.update(grads, state_a)
         up_b, state_b = theirs.update(grads, state_b)
         for key in params:
-            np.testing.assert_allclose(up_a[key], up_b[key], rtol=1e-5, atol=1e-5, err_msg=f"{key} step {step}")
+            # Orthogonalised updates are O(1): float32 1e-5 absolute is 1e-5 of their scale.
+            np.testing.assert_allclose(up_a[key], up_b[key], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{key} step {step}")
     assert int(state_a.count) == int(state_b.count) == 3
