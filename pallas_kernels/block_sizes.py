@@ -25,6 +25,7 @@ class GroupedMatmulBlocks:
 @dataclasses.dataclass(frozen=True)
 class SparseAttentionBlocks:
     block_k: int  # selected keys gathered and scored per inner step
+    block_q: int = 1  # query tokens per grid step (the TPU formulation; GPU runs one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +41,11 @@ GROUPED_MATMUL = {
 }
 
 SPARSE_ATTENTION = {
-    "tpu": SparseAttentionBlocks(block_k=128),
+    # libtpu: 4 x 128 fits scoped VMEM at GLM-5's dims (576/512-wide rows, one per tile,
+    # double-buffered); 8 x 128 does not (tests/test_kernel_tpu_compile.py compiles 4 x 128).
+    "tpu": SparseAttentionBlocks(block_k=128, block_q=4),
     "gpu": SparseAttentionBlocks(block_k=64),
-    "cpu": SparseAttentionBlocks(block_k=128),
+    "cpu": SparseAttentionBlocks(block_k=128, block_q=8),
 }
 
 INDEXER = {

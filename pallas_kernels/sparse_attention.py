@@ -15,7 +15,9 @@ counted as given (a position listed twice is attended twice).
 Returns (out [batch, q_len, heads, d_v] in q.dtype, accumulated in f32;
 lse [batch, q_len, heads] f32). A query with no valid slot gets out = 0, lse = -inf.
 
-Kernels: sparse_attention_tpu.py (DMA row gathers; the one cpu interprets) and
+Kernels: sparse_attention_tpu.py (DMA gathers, ``block_q`` queries per grid step, one DMA
+per run of consecutive positions: indices are sorted per query first; the one cpu
+interprets) and
 sparse_attention_gpu.py (Triton pointer gathers); per-block math in
 sparse_attention_math.py. With kv_heads == heads the heads are folded into the batch so
 both cases run the same shared-key kernel.
@@ -42,6 +44,7 @@ from pallas_kernels import block_sizes, sparse_attention_gpu, sparse_attention_t
 @dataclasses.dataclass(frozen=True)
 class _Config:
     scale: float
+    block_q: int  # query tokens per grid step (TPU formulation)
     block_k: int
     heads_per_batch: int  # >1 when per-head keys were folded into the batch
     bwd_query_chunk: int
@@ -57,6 +60,7 @@ def sparse_topk_attention(
     *,
     scale: float,
     block_k: int | None = None,
+    block_q: int | None = None,
     interpret: bool | None = None,
     backend: str | None = None,
     bwd_query_chunk: int = 256,
@@ -74,6 +78,10 @@ def sparse_topk_attention(
     block = _fit_block_k(topk, requested, name)
     topk_pad = backend_lib.round_up(topk, block)
     idx = topk_indices.astype(jnp.int32)
+    if backend_lib.formulation(name) == "tpu":
+        # Slot order does not change the result; sorted, consecutive positions sit in
+        # consecutive slots and the TPU kernel fetches each such run with one DMA.
+        idx = jnp.sort(idx, axis=-1)
     if topk_pad != topk:
         idx = jnp.pad(idx, ((0, 0), (0, 0), (0, topk_pad - topk)), constant_values=-1)
 
@@ -86,6 +94,7 @@ def sparse_topk_attention(
         r = heads
     config = _Config(
         scale=float(scale), block_k=block, heads_per_batch=r,
+        block_q=max(1, min(block_q or block_sizes.sparse_attention_blocks(name).block_q, q_len)),
         bwd_query_chunk=max(1, min(int(bwd_query_chunk), q_len)), backend=name,
         interpret=backend_lib.resolve_interpret(interpret, name),
     )
@@ -111,9 +120,12 @@ def _kernels(config: _Config):
 
 
 def _kernel_args(config: _Config) -> dict:
-    return {"scale": config.scale, "block_k": config.block_k,
-                "heads_per_batch": config.heads_per_batch, "backend": config.backend,
-                "interpret": config.interpret}
+    args = {"scale": config.scale, "block_k": config.block_k,
+            "heads_per_batch": config.heads_per_batch, "backend": config.backend,
+            "interpret": config.interpret}
+    if backend_lib.formulation(config.backend) == "tpu":
+        args["block_q"] = config.block_q
+    return args
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -13,6 +13,7 @@ import contextlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 from seeds import kernel_test_rng
@@ -113,13 +114,17 @@ def test_grouped_matmul(rng):
 
 
 def test_sparse_attention(rng):
-    q = jnp.asarray(rng.standard_normal((1, 2, 2, 16)), jnp.float32)
+    """Three queries in blocks of two (one padded): one selects scattered rows (one DMA
+    each), one a window of consecutive rows (one DMA per run of 8), one a window that runs
+    past the last key (rows past the end are invalid; that run falls back to row DMAs)."""
+    q = jnp.asarray(rng.standard_normal((1, 3, 2, 16)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((1, 40, 1, 16)), jnp.float32)
     v = jnp.asarray(rng.standard_normal((1, 40, 1, 8)), jnp.float32)
-    idx = jnp.asarray(rng.integers(-1, 40, (1, 2, 16)), jnp.int32)
-    cotangent = jnp.asarray(rng.standard_normal((1, 2, 2, 8)), jnp.float32)
+    idx = jnp.asarray(np.stack([rng.integers(-1, 40, 16), rng.permutation(np.arange(5, 21)),
+                                np.arange(28, 44)])[None], jnp.int32)
+    cotangent = jnp.asarray(rng.standard_normal((1, 3, 2, 8)), jnp.float32)
     kernel = lambda q, k, v: sparse_topk_attention(
-        q, k, v, idx, scale=0.3, block_k=8, backend="cpu", interpret=TPU_INTERPRET)[0]
+        q, k, v, idx, scale=0.3, block_k=8, block_q=2, backend="cpu", interpret=TPU_INTERPRET)[0]
     reference = lambda q, k, v: sparse_topk_attention_reference(q, k, v, idx, scale=0.3)[0]
     with poisoned_outputs(), recorded_races() as races:
         out, grads = value_and_grads(kernel, (q, k, v), cotangent)

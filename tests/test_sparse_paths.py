@@ -9,7 +9,7 @@ from glm5_jax.config import tiny
 from glm5_jax.model import sparse_attention as sa
 from glm5_jax.model.indexer import NO_KEY, index_scores, select_topk
 from glm5_jax.model.router import Router, dynamic_keep_mask
-from glm5_jax.model.transformer import attention_mask
+from glm5_jax.model.attention_mask import attention_mask
 from hf_reference import relative_error
 
 
@@ -23,7 +23,7 @@ def test_gather_path_equals_masked_dense(seq, topk, segments):
     k_rope = rng.randn(b, seq, r).astype(np.float32)
     kv_b = rng.randn(c, h, nope + v).astype(np.float32) / 4
     segment_ids = (np.arange(seq)[None] >= seq // 3).astype(np.int32).repeat(b, 0) + 1 if segments else None
-    mask = attention_mask(seq, None if segment_ids is None else jnp.asarray(segment_ids), b)
+    mask = attention_mask(seq, None if segment_ids is None else jnp.asarray(segment_ids), b).dense()
     q_idx = rng.randn(b, seq, 4, 8).astype(np.float32)
     k_idx = rng.randn(b, seq, 8).astype(np.float32)
     w_idx = rng.randn(b, seq, 4).astype(np.float32)
@@ -48,7 +48,7 @@ def test_gather_path_equals_masked_dense(seq, topk, segments):
 def test_selection_never_crosses_documents_or_the_future():
     seq, b = 20, 1
     segment_ids = jnp.asarray([[1] * 7 + [2] * 13])
-    mask = attention_mask(seq, segment_ids, b)
+    mask = attention_mask(seq, segment_ids, b).dense()
     rng = np.random.RandomState(0)
     scores = index_scores(rng.randn(b, seq, 4, 8), rng.randn(b, seq, 8), rng.randn(b, seq, 4), mask, 1.0)
     chosen = np.asarray(select_topk(scores, 5))
@@ -119,7 +119,7 @@ def test_blockwise_running_topk_equals_top_k_over_whole_rows(topk, block, segmen
     w = jnp.asarray(np.round(rng.randn(b, s, hi)), jnp.float32)
     segment_ids = jnp.asarray((np.arange(s)[None] >= 20).astype(np.int32).repeat(b, 0) + 1) if segments else None
     mask = attention_mask(s, segment_ids, b)
-    want = select_topk(index_scores(q, k, w, mask, 0.5), topk)
+    want = select_topk(index_scores(q, k, w, mask.dense(), 0.5), topk)
     got = blockwise_topk(q, k, w, mask, 0.5, topk, key_block=block)
     assert int(jnp.sum(want == NO_KEY)) > 0  # early queries have fewer than k keys
     np.testing.assert_array_equal(got, want)
@@ -137,12 +137,29 @@ def test_blockwise_attention_equals_masked_dense_values_and_gradients(blocks, se
     mask = attention_mask(s, segment_ids, b)
     cotangent = jnp.asarray(rng.randn(b, s, h, dv), jnp.float32)
 
-    def run(fn):
+    def run(fn, mask):
         out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, mask, 0.3), q, k, v)
         return out, vjp(cotangent)
 
-    want, want_grads = run(sa.masked_dense_attention)
-    got, got_grads = run(lambda *a: blockwise_attention(*a, query_block=blocks[0], key_block=blocks[1]))
+    want, want_grads = run(sa.masked_dense_attention, mask.dense())
+    got, got_grads = run(lambda *a: blockwise_attention(*a, query_block=blocks[0], key_block=blocks[1]), mask)
     assert relative_error(got, want) <= 1e-5
     for g, w in zip(got_grads, want_grads):
         assert relative_error(g, w) <= 1e-5
+
+
+def test_attention_mask_blocks_and_rows_equal_the_dense_mask():
+    """Causal by index and within a document: every tile, sampled row set and the whole
+    matrix agree with a numpy restatement."""
+    segment_ids = np.asarray([[1] * 5 + [2] * 7 + [3] * 4, [7] * 16], np.int32)
+    mask = attention_mask(16, jnp.asarray(segment_ids), 2)
+    i, j = np.arange(16)[:, None], np.arange(16)[None, :]
+    want = (j <= i)[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    np.testing.assert_array_equal(mask.dense(), want)
+    for q0, ql, k0, kl in [(0, 4, 0, 4), (4, 8, 0, 8), (8, 8, 8, 8), (12, 4, 4, 8)]:
+        tile = jax.jit(mask.block, static_argnums=(1, 3))(jnp.int32(q0), ql, jnp.int32(k0), kl)
+        np.testing.assert_array_equal(tile, want[:, q0:q0 + ql, k0:k0 + kl])
+    rows = np.asarray([0, 5, 11, 15])
+    np.testing.assert_array_equal(mask.rows(rows), want[:, rows])
+    unpacked = attention_mask(16, None, 2).dense()
+    np.testing.assert_array_equal(unpacked, np.broadcast_to(j <= i, (2, 16, 16)))

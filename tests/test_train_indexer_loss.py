@@ -15,7 +15,7 @@ from flax import traverse_util
 from glm5_jax.config import tiny
 from glm5_jax.model.attention import MLAttention
 from glm5_jax.model.rope import rope_angles
-from glm5_jax.model.transformer import attention_mask
+from glm5_jax.model.attention_mask import attention_mask
 from glm5_jax.sharding import activate
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP, SPARSE, STAGES, stage_at
 from glm5_jax.train.indexer_loss import (

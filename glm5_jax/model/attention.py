@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
+from glm5_jax.model.attention_mask import AttentionMask
 from glm5_jax.model.indexer import LightningIndexer
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import RMSNorm
@@ -68,9 +69,9 @@ class MLAttention(nn.Module):
         latent, k_rope = (nn.with_logical_constraint(a, KEY_AXES) for a in (latent, k_rope))
         return q_resid, q_nope, q_rope, latent, k_rope
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: AttentionMask,
                  prev_topk: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
-        """x [b, s, d], mask [b, s, t] (causal and same-document) -> (out [b, s, d], topk [b, s, k])."""
+        """x [b, s, d], mask (causal and same-document) -> (out [b, s, d], topk [b, s, k])."""
         c = self.config
         nope, rope = c.qk_nope_head_dim, c.qk_rope_head_dim
         q_resid, q_nope, q_rope, latent, k_rope = self.project(x, cos, sin)
@@ -92,15 +93,15 @@ class MLAttention(nn.Module):
         impl = c.attention_impl if sparse else "masked_dense"
         kv_b = jnp.asarray(self.kv_b_proj.kernel, q_nope.dtype)
         if impl == "masked_dense":
-            attend = mask & sa.selection_mask(topk, kv_len) if sparse else mask
             kv = self.kv_b_proj(latent)  # [b, t, h, nope + v]
             k = jnp.concatenate(
                 [kv[..., :nope], jnp.broadcast_to(k_rope[:, :, None, :], kv.shape[:3] + (rope,))], axis=-1)
             full_q = jnp.concatenate([q_nope, q_rope], -1)
             if sparse:  # the reference form of sparse attention: a selection mask
+                attend = mask.dense() & sa.selection_mask(topk, kv_len)
                 out = sa.masked_dense_attention(full_q, k, kv[..., nope:], attend, c.attention_scale)
             else:  # dense stages: online softmax in blocks, memory linear in length
-                out = blockwise_attention(full_q, k, kv[..., nope:], attend, c.attention_scale)
+                out = blockwise_attention(full_q, k, kv[..., nope:], mask, c.attention_scale)
         else:
             # Absorbed form: score and mix in latent space, expand through W_uv once at the end.
             q_latent = jnp.einsum("bshn,chn->bshc", q_nope, kv_b[..., :nope])

@@ -15,35 +15,39 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from glm5_jax.model.attention_mask import AttentionMask
 from glm5_jax.model.sparse_attention import masked_dense_attention
 
 QUERY_BLOCK = 512
 KEY_BLOCK = 512
 
 
-def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, scale: float,
                         query_block: int = QUERY_BLOCK, key_block: int = KEY_BLOCK) -> jax.Array:
-    """Same result as ``masked_dense_attention`` (every row must allow at least one key, as
-    a causal mask does). q [b, s, h, d], k [b, t, h, d], v [b, t, h, dv], mask [b, s, t]."""
+    """Same result as ``masked_dense_attention`` with ``mask.dense()`` (every row must allow
+    at least one key, as a causal mask does). q [b, s, h, d], k [b, t, h, d], v [b, t, h, dv].
+    Each step builds its own [b, query_block, key_block] tile of the mask from segment ids."""
     b, s, h, _ = q.shape
     t = k.shape[1]
     if (s <= query_block and t <= key_block) or s % min(s, query_block) or t % min(t, key_block):
-        return masked_dense_attention(q, k, v, mask, scale)
+        return masked_dense_attention(q, k, v, mask.dense(), scale)
     query_block, key_block = min(s, query_block), min(t, key_block)
     key_blocks = t // key_block
     k_blocks = jnp.moveaxis(k.reshape(b, key_blocks, key_block, *k.shape[2:]), 1, 0)
     v_blocks = jnp.moveaxis(v.reshape(b, key_blocks, key_block, *v.shape[2:]), 1, 0)
+    k_starts = jnp.arange(key_blocks, dtype=jnp.int32) * key_block
     lowest = jnp.finfo(jnp.float32).min
 
     @jax.checkpoint
     def query_step(block):
-        q_blk, mask_blk = block  # [b, sq, h, d], [b, sq, t]
+        q_blk, q_start = block  # [b, sq, h, d], its first query's index
         sq = q_blk.shape[1]
 
         @jax.checkpoint
         def key_step(carry, key_block_inputs):
             running_max, running_sum, acc = carry  # [b, h, sq], [b, h, sq], [b, sq, h, dv]
-            mask_kb, k_kb, v_kb = key_block_inputs
+            k_start, k_kb, v_kb = key_block_inputs
+            mask_kb = mask.block(q_start, sq, k_start, key_block)
             logits = jnp.einsum("bshd,bthd->bhst", q_blk, k_kb).astype(jnp.float32) * scale
             logits = jnp.where(mask_kb[:, None], logits, lowest)
             new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
@@ -54,14 +58,13 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
                    + jnp.einsum("bhst,bthd->bshd", probs.astype(v_kb.dtype), v_kb).astype(jnp.float32))
             return (new_max, running_sum, acc), None
 
-        masks = jnp.moveaxis(mask_blk.reshape(b, sq, key_blocks, key_block), 2, 0)
         init = (jnp.full((b, h, sq), lowest, jnp.float32), jnp.zeros((b, h, sq), jnp.float32),
                 jnp.zeros((b, sq, h, v.shape[-1]), jnp.float32))
-        (_, running_sum, acc), _ = jax.lax.scan(key_step, init, (masks, k_blocks, v_blocks))
+        (_, running_sum, acc), _ = jax.lax.scan(key_step, init, (k_starts, k_blocks, v_blocks))
         return (acc / jnp.moveaxis(running_sum, 1, 2)[..., None]).astype(v.dtype)
 
     query_blocks = s // query_block
     q_split = jnp.moveaxis(q.reshape(b, query_blocks, query_block, *q.shape[2:]), 1, 0)
-    mask_split = jnp.moveaxis(mask.reshape(b, query_blocks, query_block, t), 1, 0)
-    out = jax.lax.map(query_step, (q_split, mask_split))
+    q_starts = jnp.arange(query_blocks, dtype=jnp.int32) * query_block
+    out = jax.lax.map(query_step, (q_split, q_starts))
     return jnp.moveaxis(out, 0, 1).reshape(b, s, h, v.shape[-1])

@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import kernel_dispatch
+from glm5_jax.model.attention_mask import AttentionMask
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.norms import LayerNorm
 from glm5_jax.model.rope import apply_interleaved_rope
@@ -50,24 +51,27 @@ class LightningIndexer(nn.Module):
         return q.astype(jnp.float32), k, weights
 
     def topk(self, x: jax.Array, q_resid: jax.Array, cos: jax.Array, sin: jax.Array,
-             mask: jax.Array, k: int) -> jax.Array:
+             mask: AttentionMask, k: int) -> jax.Array:
         """The k best keys per query [b, s, k] (NO_KEY where fewer are valid). The XLA path
         scores one key block at a time into a running top-k: no [b, s, t] score matrix."""
         if self.config.attention_impl == "pallas":
             return select_topk(self(x, q_resid, cos, sin, mask), k)
-        q, keys, weights = self.queries_keys_weights(x, q_resid, cos, sin)
+        # Selection has no gradient: detached inputs keep autodiff out of the scan, which
+        # otherwise saves each step's [b, s, key_block] top-k residuals (O(s^2) in all).
+        q, keys, weights = map(jax.lax.stop_gradient, self.queries_keys_weights(x, q_resid, cos, sin))
         return blockwise_topk(q, keys, weights, mask, self.config.index_head_dim**-0.5, k)
 
     def __call__(self, x: jax.Array, q_resid: jax.Array, cos: jax.Array, sin: jax.Array,
-                 mask: jax.Array) -> jax.Array:
-        """Index scores [batch, q_len, kv_len] (float32), -inf where ``mask`` is False."""
+                 mask: AttentionMask) -> jax.Array:
+        """Index scores [batch, q_len, kv_len] (float32), -inf where ``mask`` is False: the
+        whole matrix (the Pallas path and the references; ``topk`` avoids it)."""
         q, k, weights = self.queries_keys_weights(x, q_resid, cos, sin)
         scale = self.config.index_head_dim**-0.5
         if self.config.attention_impl == "pallas":
             # relu(scale * x) = scale * relu(x) for scale > 0: fold the scale into the weights.
             scores = kernel_dispatch.indexer_scores(q, k, weights * scale)
-            return jnp.where(mask, scores, -jnp.inf)
-        return index_scores(q, k, weights, mask, scale)
+            return jnp.where(mask.dense(), scores, -jnp.inf)
+        return index_scores(q, k, weights, mask.dense(), scale)
 
 
 def index_scores(q: jax.Array, k: jax.Array, weights: jax.Array, mask: jax.Array,
@@ -85,7 +89,7 @@ def select_topk(scores: jax.Array, k: int) -> jax.Array:
     return jnp.where(jnp.isneginf(values), NO_KEY, indices).astype(jnp.int32)
 
 
-def blockwise_topk(q: jax.Array, k: jax.Array, weights: jax.Array, mask: jax.Array,
+def blockwise_topk(q: jax.Array, k: jax.Array, weights: jax.Array, mask: AttentionMask,
                    softmax_scale: float, topk: int, key_block: int = KEY_BLOCK) -> jax.Array:
     """``select_topk(index_scores(...), topk)`` scoring ``key_block`` keys at a time.
 
@@ -93,29 +97,30 @@ def blockwise_topk(q: jax.Array, k: jax.Array, weights: jax.Array, mask: jax.Arr
     step merges them with the block's scores by ``lax.top_k``. The kept pairs come first in
     the merge, so ties go to the lower position, as ``lax.top_k`` on whole rows does: the
     result is the same, order included. Memory: [b, s, hi, key_block] instead of
-    [b, s, hi, t]. Rows no longer than a block (or not a multiple of one) score in one go.
+    [b, s, hi, t], and the mask's [b, s, key_block] tile is built per step from segment ids.
+    Rows no longer than a block (or not a multiple of one) score in one go.
     """
     b, s, _, _ = q.shape
     t = k.shape[1]
     if t <= key_block or t % key_block:
-        return select_topk(index_scores(q, k, weights, mask, softmax_scale), topk)
+        return select_topk(index_scores(q, k, weights, mask.dense(), softmax_scale), topk)
     kept = min(topk, t)
     blocks = t // key_block
     key_blocks = jnp.moveaxis(k.reshape(b, blocks, key_block, k.shape[-1]), 1, 0)
-    mask_blocks = jnp.moveaxis(mask.reshape(b, s, blocks, key_block), 2, 0)
     starts = jnp.arange(blocks, dtype=jnp.int32) * key_block
 
     def step(carry, block):
         values, positions = carry
-        keys, block_mask, start = block
-        scores = index_scores(q, keys, weights, block_mask, softmax_scale)
+        keys, start = block
+        scores = index_scores(q, keys, weights, mask.block(0, s, start, key_block), softmax_scale)
         merged = jnp.concatenate([values, scores], axis=-1)
-        merged_positions = jnp.concatenate(
-            [positions, jnp.broadcast_to(start + jnp.arange(key_block, dtype=jnp.int32),
-                                         scores.shape)], axis=-1)
         values, order = jax.lax.top_k(merged, kept)
-        return (values, jnp.take_along_axis(merged_positions, order, axis=-1)), None
+        # Slot o < kept is a kept pair, else the block's key start + o - kept. (Broadcasting
+        # the block's positions to [b, s, key_block] instead let XLA hoist that broadcast
+        # out of the loop for every block at once: [blocks, b, s, key_block], O(s^2).)
+        kept_positions = jnp.take_along_axis(positions, jnp.minimum(order, kept - 1), axis=-1)
+        return (values, jnp.where(order < kept, kept_positions, start + order - kept)), None
 
     init = (jnp.full((b, s, kept), -jnp.inf, jnp.float32), jnp.full((b, s, kept), NO_KEY, jnp.int32))
-    (values, positions), _ = jax.lax.scan(step, init, (key_blocks, mask_blocks, starts))
+    (values, positions), _ = jax.lax.scan(step, init, (key_blocks, starts))
     return jnp.where(jnp.isneginf(values), NO_KEY, positions).astype(jnp.int32)

@@ -13,20 +13,12 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig
+from glm5_jax.model.attention_mask import attention_mask
 from glm5_jax.model.decoder_layer import LayerStack, stack_layout
 from glm5_jax.model.linear import Projection, dtype_of
 from glm5_jax.model.mtp import MTPModule, shift_left
 from glm5_jax.model.norms import RMSNorm
 from glm5_jax.model.rope import rope_angles
-
-
-def attention_mask(seq_len: int, segment_ids: Optional[jax.Array], batch: int) -> jax.Array:
-    """Boolean [batch, q, kv]: causal, and within the same segment when segments are given."""
-    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))[None]
-    if segment_ids is None:
-        return jnp.broadcast_to(causal, (batch, seq_len, seq_len))
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return causal & same
 
 
 class GLM5Model(nn.Module):

@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.attention import MLAttention
+from glm5_jax.model.attention_mask import AttentionMask
 from glm5_jax.model.indexer import NO_KEY, blockwise_topk, index_scores, select_topk
 from glm5_jax.model.sparse_attention import gather_keys, map_query_chunks, selection_mask
 from glm5_jax.train.experiment import SPARSE
@@ -46,7 +47,8 @@ RECALL_QUERIES = 256  # queries per row the recall metric is measured on  # what
 
 def _attention_logits_and_index_scores(attn: MLAttention, x: jax.Array, cos: jax.Array,
                                        sin: jax.Array, mask: jax.Array):
-    """Main attention logits [b, h, s, t] (float32, scaled) and index scores [b, s, t].
+    """Main attention logits [b, h, s, t] (float32, scaled) and index scores [b, s, t];
+    ``mask`` is the dense [b, s, t] boolean.
 
     Mirrors MLAttention's masked-dense path; the indexer sees its inputs detached.
     """
@@ -81,7 +83,7 @@ def kl_to_indexer(target: jax.Array, scores: jax.Array, allowed: jax.Array) -> j
 
 
 def layer_indexer_terms(config: ModelConfig, stage: str, attn_params: Any, x: jax.Array,
-                        cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                        cos: jax.Array, sin: jax.Array, mask: AttentionMask,
                         query_weight: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(sum of weighted per-query KL, sum of weighted recall, the weight recall was taken
     over) for one layer. The sparse stage runs gathered (``sparse_stage_terms``); the dense
@@ -94,11 +96,12 @@ def layer_indexer_terms(config: ModelConfig, stage: str, attn_params: Any, x: ja
 
 
 def dense_layer_terms(config: ModelConfig, stage: str, attn_params: Any, x: jax.Array,
-                      cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                      cos: jax.Array, sin: jax.Array, mask: AttentionMask,
                       query_weight: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum of weighted per-query KL, sum of weighted per-query recall), from the whole
     [b, h, s, t] attention: the reference for every stage, the implementation for the dense
     ones (O(s * t) per layer; GLM-5 trains dense only at short context)."""
+    mask = mask.dense()
     logits, scores = nn.apply(_attention_logits_and_index_scores, MLAttention(config, runs_indexer=True))(
         {"params": attn_params}, jax.lax.stop_gradient(x), cos, sin, mask)
     logits = jax.lax.stop_gradient(logits)
@@ -117,7 +120,7 @@ def dense_layer_terms(config: ModelConfig, stage: str, attn_params: Any, x: jax.
 
 
 def sparse_stage_terms(attn: MLAttention, x: jax.Array, cos: jax.Array, sin: jax.Array,
-                       mask: jax.Array, query_weight: jax.Array, query_chunk: int = QUERY_CHUNK,
+                       mask: AttentionMask, query_weight: jax.Array, query_chunk: int = QUERY_CHUNK,
                        recall_queries: int = RECALL_QUERIES):
     """Stage 2 without any [s, t] matrix: the indexer's top-k by running top-k, then per
     query chunk the main attention's logits and the index scores at the k selected keys only
@@ -155,7 +158,7 @@ def sparse_stage_terms(attn: MLAttention, x: jax.Array, cos: jax.Array, sin: jax
     dense_logits = (jnp.einsum("bshc,btc->bhst", q_latent[:, sampled], latent)
                     + jnp.einsum("bshr,btr->bhst", q_rope[:, sampled], k_rope)
                     ).astype(jnp.float32) * c.attention_scale
-    rows_mask = mask[:, sampled]
+    rows_mask = mask.rows(sampled)
     # Only the ranking matters here: sum over heads of exp(logit - logsumexp), the head-mean
     # attention times h, without the softmax's division (libtpu fused that division with the
     # head reduction into a [b, queries, t] tile that overflowed VMEM at 4K).
@@ -176,7 +179,7 @@ def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
 
 
 def indexer_loss_and_recall(config: ModelConfig, stage: str, params: Any, intermediates: Any,
-                            cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                            cos: jax.Array, sin: jax.Array, mask: AttentionMask,
                             loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean indexer KL and recall over every layer that runs an indexer (MTP layers included)
     and every real query token. ``intermediates`` is the train forward's captured collection."""

@@ -37,7 +37,8 @@ from flax import traverse_util
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model.rope import rope_angles
-from glm5_jax.model.transformer import GLM5Model, attention_mask
+from glm5_jax.model.attention_mask import attention_mask
+from glm5_jax.model.transformer import GLM5Model
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP
 from glm5_jax.train.indexer_loss import indexer_loss_and_recall
 from glm5_jax.train.losses import (
