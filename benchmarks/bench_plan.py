@@ -19,6 +19,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from glm5_jax.config_fields import set_fields  # noqa: E402
 from glm5_jax.plan.planner import plan  # noqa: E402
 from glm5_jax.plan.topology import parse_topology  # noqa: E402
 from glm5_jax.train.experiment import SPARSE, load_experiment  # noqa: E402
@@ -71,7 +72,7 @@ def one_plan(experiment: str, topology: str, seq_len: int, batch_size: int, mesh
 
 
 def layout_model(config) -> dict:
-    overrides = config.model_overrides.to_dict()
+    overrides = set_fields(config.model_overrides)
     return {"remat_policy": overrides.get("remat_policy", "none"),
             "attention_impl": overrides.get("attention_impl", "masked_dense")}
 

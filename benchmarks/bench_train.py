@@ -28,7 +28,6 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glm5_jax.data.pipeline import make_train_iterator
 from glm5_jax.model.param_count import count_parameters
 from glm5_jax.sharding import activate
 from glm5_jax.train.experiment import SPARSE, load_experiment
@@ -67,7 +66,7 @@ def benchmark(spec: str, steps: int, overrides: dict, peak: tuple[float, str],
     if data_dir is not None:
         config.data.data_dir = data_dir
     run = build_run(config)
-    iterator = make_train_iterator(run.data_config, run.prepared)
+    iterator = run.make_iterator()
     batches = [run.to_device(next(iterator)) for _ in range(steps)]
     loss_fn = make_loss_fn(run.model_config, config, SPARSE)
     with activate(run.mesh):

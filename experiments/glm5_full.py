@@ -19,6 +19,8 @@ from pathlib import Path
 
 import ml_collections
 
+from glm5_jax.config import ModelConfig
+from glm5_jax.config_fields import overridable
 from glm5_jax.train.experiment import load_experiment
 
 
@@ -27,11 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "glm5_full"
     # Declared here so the command line can change them (--config.model_overrides.X=...):
     # the released values, restated, and the memory policy.
-    config.model_overrides = ml_collections.ConfigDict({
-        "moe_impl": "ragged_dot", "num_hidden_layers": 78, "first_k_dense_replace": 3,
-        "remat_policy": "full", "attention_impl": "gather",
+    config.model_overrides = overridable(
+        ModelConfig, moe_impl="ragged_dot", num_hidden_layers=78, first_k_dense_replace=3,
+        remat_policy="full", attention_impl="gather",
         # Tokens reach their experts by ragged all-to-all into buffers of 2x the balanced load.
-        "expert_dispatch": "ragged", "expert_capacity_factor": 2.0})
+        expert_dispatch="ragged", expert_capacity_factor=2.0)
     config.compute_dtype = "bfloat16"
     config.param_dtype = "float32"
     config.data.vocab_size = 154880  # the released tokenizer's size

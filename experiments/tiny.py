@@ -11,7 +11,10 @@ any field on the command line, e.g. ``--config.optimizer=muon --config.total_ste
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
+
+from glm5_jax.config import ModelConfig
+from glm5_jax.config_fields import overridable
+from glm5_jax.data.config import DataConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,20 +25,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "tiny"
     # CPU: the MoE's padded-block grouped matmul costs the chosen experts only (jax's CPU
     # ragged_dot multiplies every token by every expert); use "ragged_dot" or "pallas" on GPU/TPU.
-    config.model_overrides = ml_collections.ConfigDict({"moe_impl": "blocked"})
+    # Every ModelConfig field can be set: --config.model_overrides.num_hidden_layers=4.
+    config.model_overrides = overridable(ModelConfig, moe_impl="blocked")
     config.compute_dtype = "float32"  # "bfloat16" on accelerators; float32 is faster on CPU
     config.param_dtype = "float32"  # master weights
 
-    # Data (glm5_jax.data.DataConfig fields; seq_len and batch_size live at the top level).
-    config.data = ml_collections.ConfigDict()
-    config.data.data_dir = "/tmp/glm5_data"
-    config.data.corpus = "python_code"
-    config.data.vocab_size = 2048
-    config.data.max_files = 1000
-    config.data.max_bytes = 32 * 1024 * 1024
-    config.data.tokenizer_path = config_dict.placeholder(str)
-    config.data.read_threads = 2
-    config.data.shuffle = True
+    # Data: every glm5_jax.data.DataConfig field (seq_len, batch_size and seed live at the
+    # top level); unset ones take DataConfig's defaults.
+    config.data = overridable(
+        DataConfig, exclude=("seq_len", "batch_size", "seed"), data_dir="/tmp/glm5_data",
+        corpus="python_code", vocab_size=2048, max_files=1000, max_bytes=32 * 1024 * 1024,
+        read_threads=2, shuffle=True)
     config.seq_len = 128
     config.batch_size = 8
     config.grad_accum_steps = 1

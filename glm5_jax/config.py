@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any, Mapping, Sequence
+from glm5_jax.errors import UserError
 
 ROPE_TYPES = ("default", "yarn")
 MLP_LAYER_TYPES = ("dense", "sparse")
@@ -26,7 +27,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ACTIVATIONS = ("silu",)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config field has a value outside what the model supports."""
 
 

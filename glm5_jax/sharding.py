@@ -14,10 +14,16 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from glm5_jax.errors import UserError
+
 # ``context`` splits the sequence (context parallelism, for 128K+ stages); ``tensor`` is
 # innermost, so it lands on the closest chips.
 MESH_AXES = ("data", "fsdp", "expert", "context", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp", "expert")  # what a batch's rows shard over
+
+
+class MeshSpecError(UserError):
+    """A mesh string that does not parse or does not match the devices."""
 
 # Logical axis -> mesh axis (or axes, or None for replicated). Parameters and activations use
 # different names where they must shard differently (a parameter's embed dim is FSDP-sharded;
@@ -72,26 +78,26 @@ def parse_mesh_spec(spec: str, num_devices: int | None = None) -> dict[str, int]
     fill = None
     for part in filter(None, (p.strip() for p in spec.split(","))):
         if "=" not in part:
-            raise ValueError(f"mesh entry {part!r} must look like axis=size, e.g. 'fsdp=4'")
+            raise MeshSpecError(f"mesh entry {part!r} must look like axis=size, e.g. 'fsdp=4'")
         name, value = (x.strip() for x in part.split("=", 1))
         if name not in MESH_AXES:
-            raise ValueError(f"mesh axis {name!r} is unknown; allowed axes: {list(MESH_AXES)}")
+            raise MeshSpecError(f"mesh axis {name!r} is unknown; allowed axes: {list(MESH_AXES)}")
         if value == "-1" and fill is None:
             fill = name
             continue
         if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"mesh axis {name}={value!r} must be a positive integer "
+            raise MeshSpecError(f"mesh axis {name}={value!r} must be a positive integer "
                              "(or -1 for one axis: the remaining devices)")
         sizes[name] = int(value)
     if fill is not None:
         rest = int(np.prod(list(sizes.values())))
         if num_devices % rest:
-            raise ValueError(f"mesh {spec!r}: {num_devices} devices do not divide by the "
+            raise MeshSpecError(f"mesh {spec!r}: {num_devices} devices do not divide by the "
                              f"{rest} the fixed axes take, so {fill}=-1 has no size")
         sizes[fill] = num_devices // rest
     product = int(np.prod(list(sizes.values())))
     if product != num_devices:
-        raise ValueError(
+        raise MeshSpecError(
             f"mesh {spec!r} has {product} devices in total but {num_devices} are available; "
             "the product of the axis sizes must equal the device count"
         )
@@ -99,13 +105,47 @@ def parse_mesh_spec(spec: str, num_devices: int | None = None) -> dict[str, int]
 
 
 def make_mesh(spec: str = "", devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with the four named axes; ``spec=""`` puts every device on ``data``."""
+    """A mesh with the named axes (``MESH_AXES``); ``spec=""`` puts every device on ``data``.
+
+    * ``"fsdp=4,expert=2"``: one slice. Devices are laid out in the order the spec names
+      the axes, first name outermost (``"tensor=2,fsdp=4"`` puts the two tensor shards in
+      different halves of the device list: with two processes, on different processes).
+    * ``"dcn:data=2;ici:fsdp=64,expert=4"``: several slices (or, on CPU/GPU, processes)
+      joined over the data-center network: each axis is its ``dcn`` size times its ``ici``
+      size, built with ``mesh_utils.create_hybrid_device_mesh`` so only the ``dcn`` axes
+      cross slices.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if not spec:
         spec = f"data={len(devices)}"
+    if "dcn:" in spec or "ici:" in spec:
+        return _hybrid_mesh(spec, devices)
     sizes = parse_mesh_spec(spec, len(devices))
-    shape = tuple(sizes[axis] for axis in MESH_AXES)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    order = [axis for axis in _named_axes(spec) if axis in sizes]
+    order += [axis for axis in MESH_AXES if axis not in order]
+    grid = np.asarray(devices).reshape([sizes[axis] for axis in order])
+    grid = grid.transpose([order.index(axis) for axis in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def _named_axes(spec: str) -> list[str]:
+    return [part.split("=", 1)[0].strip() for part in spec.split(",") if part.strip()]
+
+
+def _hybrid_mesh(spec: str, devices: Sequence[jax.Device]) -> Mesh:
+    from jax.experimental import mesh_utils
+
+    parts = dict(part.split(":", 1) for part in filter(None, (p.strip() for p in spec.split(";"))))
+    unknown = set(parts) - {"dcn", "ici"}
+    if unknown or ":" not in spec:
+        raise MeshSpecError(f"mesh {spec!r}: sections must be 'dcn:...' and 'ici:...' joined by ';'")
+    granules = len({getattr(d, "slice_index", d.process_index) for d in devices})
+    dcn = parse_mesh_spec(parts.get("dcn", ""), granules)
+    ici = parse_mesh_spec(parts.get("ici", ""), len(devices) // granules)
+    grid = mesh_utils.create_hybrid_device_mesh(
+        [ici[a] for a in MESH_AXES], [dcn[a] for a in MESH_AXES], devices,
+        process_is_granule=not hasattr(devices[0], "slice_index"))
+    return Mesh(grid, MESH_AXES)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from glm5_jax.config import ModelConfig
+from glm5_jax.config_fields import overridable
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -23,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (a training workdir or HF directory), that checkpoint's architecture and weights, usually
     # with tokenizer="checkpoint" (its tokenizer.json; see experiments/rl/pretrained_async.py).
     config.model = "tiny"
-    config.model_overrides = ml_collections.ConfigDict()
+    config.model_overrides = overridable(ModelConfig)  # any field: --config.model_overrides.X=
     config.init_from = ""
     config.tokenizer = "char"  # "char" | "checkpoint"
     # Special tokens of a checkpoint tokenizer, by name (defaults: glm5_jax.data's tokenizer).

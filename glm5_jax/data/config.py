@@ -35,8 +35,12 @@ class DataConfig:
       tokenizer_training_bytes: how much corpus text the BPE trainer sees.
       text_field: the JSONL key that holds a record's text in a user corpus.
       shuffle: shuffle documents (reshuffled every epoch); False keeps corpus order.
-      shard_index / shard_count: this host's slice of the documents; None means
-        jax.process_index() / jax.process_count().
+      shard_index / shard_count: this reader's slice of the documents; None means
+        jax.process_index() / jax.process_count(). The trainer sets them per stream.
+      num_streams: document streams the global batch is assembled from (row blocks of
+        batch_size / num_streams each; see data/streams.py). A property of the
+        experiment, not of the process count: the same value gives the same batches on
+        any number of processes. At scale: the number of hosts, or a multiple.
       read_threads: grain threads that read and tokenize documents ahead of packing.
     """
 
@@ -55,4 +59,5 @@ class DataConfig:
     shuffle: bool = True
     shard_index: int | None = None
     shard_count: int | None = None
+    num_streams: int = 1
     read_threads: int = 2

@@ -24,8 +24,10 @@ import sys
 # The host only traces and compiles; the TPU is a deviceless target, not a backend to open.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from glm5_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/<name>.py); override fields with "
@@ -115,4 +117,4 @@ def _usage_error(message: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from glm5_jax.config import get_preset
+from glm5_jax.config_fields import set_fields
 from glm5_jax.plan.hlo_collectives import CollectiveStats, collective_stats
 from glm5_jax.plan.roofline import Roofline, roofline
 from glm5_jax.plan.topology import Topology
@@ -90,7 +91,7 @@ class Plan:
             "chips": self.topology.num_chips,
             "seq_len": self.config.seq_len,
             "batch_size": self.config.batch_size,
-            "remat_policy": self.config.model_overrides.get("remat_policy", "none"),
+            "remat_policy": set_fields(self.config.model_overrides).get("remat_policy", "none"),
             "worst_stage": worst.stage,
             "step_seconds": slowest.roofline.step_s if slowest else None,
             "mfu": slowest.roofline.mfu if slowest else None,

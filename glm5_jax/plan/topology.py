@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+from glm5_jax.errors import UserError
 
 GIB = 1 << 30
 
@@ -71,7 +72,7 @@ class Topology:
         return list(desc.devices)
 
 
-class TopologyError(ValueError):
+class TopologyError(UserError):
     """A topology name that cannot be parsed or has no standard slice shape."""
 
 

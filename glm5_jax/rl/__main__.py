@@ -6,8 +6,10 @@ Metrics go to ``DIR/metrics.jsonl`` (one line per learner step), checkpoints to
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from glm5_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (metrics, checkpoints, weights)")
@@ -22,4 +24,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # the learner's process joins a multi-process job first (glm5_jax.distributed)

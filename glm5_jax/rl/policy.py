@@ -20,6 +20,7 @@ import numpy as np
 from flax import serialization
 
 from glm5_jax.config import ModelConfig, get_preset
+from glm5_jax.config_fields import set_fields
 
 LATEST = "LATEST"
 KEEP_VERSIONS = 4  # a worker reading version N must not find it deleted under it
@@ -30,7 +31,7 @@ def policy_model_config(config: ml_collections.ConfigDict, vocab_size: int, bos_
     """The policy's architecture with the tokenizer's special ids: the preset named by
     ``config.model`` sized to the tokenizer's vocabulary, or, with ``config.init_from``, the
     checkpoint's own config (its vocabulary must hold every id the tokenizer makes)."""
-    overrides = dict(config.get("model_overrides", {}) or {})
+    overrides = set_fields(config.get("model_overrides"))
     special = {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
     if config.get("init_from"):
         from glm5_jax.sample.checkpoint import load_model_config

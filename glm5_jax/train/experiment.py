@@ -15,7 +15,9 @@ from pathlib import Path
 import ml_collections
 
 from glm5_jax.config import ModelConfig, get_preset
+from glm5_jax.config_fields import set_fields
 from glm5_jax.data.config import DataConfig
+from glm5_jax.errors import UserError
 
 OPTIMIZERS = ("adamw", "muon")
 # Attention stages, in the order a run goes through them (GLM-5: dense pretraining, then DSA):
@@ -30,7 +32,7 @@ REQUIRED_FIELDS = (
 )
 
 
-class ExperimentConfigError(ValueError):
+class ExperimentConfigError(UserError):
     """An experiment config field is missing or has a value the trainer cannot use."""
 
 
@@ -77,7 +79,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("dense_steps", "dense_warmup_steps"):
         if config[name] < 0:
             raise ExperimentConfigError(f"{name}={config[name]} must be >= 0")
-    if "vocab_size" in config.model_overrides:
+    if "vocab_size" in set_fields(config.model_overrides):
         raise ExperimentConfigError(
             "model_overrides.vocab_size is not allowed: the vocabulary size comes from the "
             "tokenizer (set data.vocab_size to change the tokenizer that is trained)")
@@ -85,7 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     """The preset, its overrides, the run's dtypes and the tokenizer's vocabulary size."""
-    overrides = dict(config.model_overrides.to_dict())
+    overrides = set_fields(config.model_overrides)
     overrides.update(vocab_size=vocab_size, dtype=config.compute_dtype,
                      param_dtype=config.param_dtype)
     model_config = get_preset(config.model).replace(**overrides)

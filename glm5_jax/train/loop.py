@@ -21,12 +21,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from glm5_jax.data.pipeline import make_train_iterator
 from glm5_jax.sample.checkpoint import MODEL_CONFIG_FILE, TOKENIZER_FILE
 from glm5_jax.sharding import activate
 from glm5_jax.train.checkpointing import Checkpointer
 from glm5_jax.train.experiment import stage_at
 from glm5_jax.train.flops import peak_flops_per_device, training_flops_per_token
+from glm5_jax.run_info import check_same_experiment, describe, write_run_info
+from glm5_jax.train.preemption import PreemptionWatch
 from glm5_jax.train.metrics_writer import MetricsWriter, summarize_window
 from glm5_jax.train.run_setup import Run, build_run
 from glm5_jax.train.train_state import TrainState
@@ -40,6 +41,7 @@ class TrainResult:
     start_step: int  # the step this call resumed from (0: fresh)
     end_step: int
     metrics: list[dict[str, Any]]  # the records this call logged
+    preempted: bool = False  # stopped early by SIGTERM, after a checkpoint
 
 
 class Throughput:
@@ -76,17 +78,17 @@ def write_generation_files(workdir: Path, run: Run) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
           devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None,
-          run: Run | None = None) -> TrainResult:
+          run: Run | None = None, experiment: str | None = None) -> TrainResult:
     """Train (or resume) until ``config.total_steps`` (or ``stop_at_step``, a clean early stop
     that still checkpoints). ``devices`` defaults to all; the mesh must cover exactly them.
     ``run``: a ``build_run(config, devices)`` to reuse (its programs are already compiled)."""
     run = build_run(config, devices) if run is None else run
     workdir = Path(workdir)
+    check_same_experiment(workdir, experiment)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_generation_files(workdir, run)
     # Before the data iterator exists: its prefetch threads would share the cores being timed.
     peak, peak_source = peak_flops_per_device(config.peak_flops_per_device)
-    iterator = make_train_iterator(run.data_config, run.prepared)
+    iterator = run.make_iterator()
     checkpoints = Checkpointer(workdir / "checkpoints", config.keep_checkpoints,
                                config.async_checkpointing,
                                fingerprint=config.get("checkpoint_fingerprint", True))
@@ -97,31 +99,44 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                  dict(run.mesh.shape), sum(x.size for x in jax.tree.leaves(run.abstract_state.params)),
                  run.model_config.vocab_size, run.prepared.tokenizer_path, peak, peak_source)
 
-    with activate(run.mesh):
+    write_run_info(workdir, describe(run.mesh, experiment=experiment))
+    # From here on, SIGTERM means "checkpoint at the next step boundary and stop".
+    with activate(run.mesh), PreemptionWatch() as preemption:
+        # Refuses (raises, moves nothing) checkpoints this config cannot continue or read;
+        # metrics.jsonl and TensorBoard are only touched by the MetricsWriter below.
         restored = checkpoints.restore_latest(run.abstract_state, iterator)
         if restored is None:  # a fresh start (failed restores may have moved the iterator)
             state, start = run.init_state(), 0
-            iterator = make_train_iterator(run.data_config, run.prepared)
+            iterator = run.make_iterator()
         else:
             state, start = restored
             _LOG.warning("resumed from step %d of %s", start, checkpoints.directory)
+        write_generation_files(workdir, run)  # after the restore: a refused one leaves them
         end = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
         writer = MetricsWriter(workdir, start, config.total_steps, config.progress_bar)
-        records, window = [], []
+        records, window, preempted = [], [], False
         for step in range(start + 1, end + 1):
             stage = stage_at(config, step)
             state, metrics = run.step_fn(stage)(state, run.to_device(next(iterator)))
             window.append(metrics)  # device values: fetched only when logging
             throughput.step()
             writer.advance()
-            if step % config.log_every == 0 or step == end:
+            preempted = preemption.should_stop(step)
+            last = step == end or preempted
+            if step % config.log_every == 0 or last:
                 record = {**summarize_window(jax.device_get(window)), **throughput.summary(),
                           "stage": stage}
                 writer.write(step, record)
                 records.append({"step": step, **record})
                 window = []
-            if step % config.checkpoint_every == 0 or step == end:
+            if step % config.checkpoint_every == 0 or last:
                 checkpoints.save(step, state, iterator)
+            if preempted:
+                _LOG.warning("preempted (SIGTERM): checkpoint saved at step %d; rerun the same "
+                             "command to continue", step)
+                end = step
+                break
         checkpoints.close()
         writer.close()
-    return TrainResult(state=state, start_step=start, end_step=max(end, start), metrics=records)
+    return TrainResult(state=state, start_step=start, end_step=max(end, start), metrics=records,
+                       preempted=preempted)

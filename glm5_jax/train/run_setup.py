@@ -21,10 +21,17 @@ from jax.sharding import Mesh, NamedSharding
 from glm5_jax.config import ModelConfig
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.pipeline import PreparedCorpus, prepare_corpus, vocab_size_of
+from glm5_jax.data.streams import stream_rows_iterator
 from glm5_jax.model import GLM5Model, logical_partition_specs
 from glm5_jax.sharding import batch_shards, batch_sharding, make_mesh
-from glm5_jax.train.experiment import data_config_from, model_config_from, validate
+from glm5_jax.train.experiment import (
+    ExperimentConfigError,
+    data_config_from,
+    model_config_from,
+    validate,
+)
 from glm5_jax.train.optimizer import make_optimizer
+from glm5_jax.train.process_data import ProcessRegion, global_batch_array, process_region
 from glm5_jax.train.train_state import TrainState, init_train_state, state_shardings
 from glm5_jax.train.train_step import make_train_step
 
@@ -41,6 +48,7 @@ class Run:
     data_config: DataConfig
     prepared: PreparedCorpus
     layout: "RunLayout"
+    region: ProcessRegion  # the block of the global batch this process's devices hold
     _compiled: dict[str, Callable] = dataclasses.field(default_factory=dict)  # jitted, by name
 
     def __getattr__(self, name: str) -> Any:
@@ -60,9 +68,15 @@ class Run:
             self._compiled[stage] = self.layout.jit_step(stage)
         return self._compiled[stage]
 
+    def make_iterator(self):
+        """This process's rows of every global batch (``data/streams.py``), checkpointable."""
+        return stream_rows_iterator(self.data_config, self.prepared, self.region.rows,
+                                    self.data_config.num_streams)
+
     def to_device(self, batch: dict) -> dict:
-        """This process's rows of the global batch, as arrays sharded over the batch axes."""
-        return {key: jax.make_array_from_process_local_data(self.data_sharding, batch[key])
+        """The global batch from this process's row group's rows (``process_data``)."""
+        shape = (self.config.batch_size, self.config.seq_len)
+        return {key: global_batch_array(self.data_sharding, self.region, batch[key], shape)
                 for key in BATCH_KEYS}
 
 
@@ -103,14 +117,14 @@ def _check_batch_divides(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     shards = batch_shards(mesh)
     micro = config.batch_size // max(config.grad_accum_steps, 1)
     if micro % shards:
-        raise ValueError(
+        raise ExperimentConfigError(
             f"batch_size={config.batch_size} (over grad_accum_steps={config.grad_accum_steps}: "
             f"{micro} rows per micro-batch) must divide by the mesh's data x fsdp x expert = "
             f"{shards} (mesh {config.mesh!r}); change batch_size, or move devices to the "
             "tensor axis")
     context = dict(mesh.shape)["context"]
     if config.seq_len % context:
-        raise ValueError(f"seq_len={config.seq_len} must divide by the mesh's context axis "
+        raise ExperimentConfigError(f"seq_len={config.seq_len} must divide by the mesh's context axis "
                          f"({context}, mesh {config.mesh!r})")
 
 
@@ -141,4 +155,5 @@ def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     data_config = data_config_from(config)
     prepared = prepare_corpus(data_config)
     layout = build_layout(config, vocab_size_of(prepared), devices)
-    return Run(data_config=data_config, prepared=prepared, layout=layout)
+    region = process_region(layout.data_sharding, (config.batch_size, config.seq_len))
+    return Run(data_config=data_config, prepared=prepared, layout=layout, region=region)

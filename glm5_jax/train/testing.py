@@ -18,6 +18,8 @@ from pathlib import Path
 
 import ml_collections
 
+from glm5_jax.config import ModelConfig
+from glm5_jax.config_fields import overridable
 from glm5_jax.data.synthetic_corpus import write_synthetic_corpus
 from glm5_jax.train.experiment import load_experiment
 
@@ -31,7 +33,7 @@ def cpu_test_config(corpus_dir: str | Path, data_dir: str | Path, **changes) -> 
     """experiments/tiny.py at seq_len 32 (> index_topk 16: the indexer selects), batch 4,
     TEST_TOTAL_STEPS steps, on the corpus in ``corpus_dir`` (see ``write_test_corpus``)."""
     config = load_experiment(REPO / "experiments" / "tiny.py")
-    config.model_overrides = ml_collections.ConfigDict(dict(TEST_MODEL_OVERRIDES))
+    config.model_overrides = overridable(ModelConfig, **TEST_MODEL_OVERRIDES)
     config.data.corpus = str(corpus_dir)
     config.data.data_dir = str(data_dir)
     config.data.vocab_size = 320
