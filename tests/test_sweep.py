@@ -41,7 +41,8 @@ def test_malformed_axes_say_how_to_write_one(axis):
 
 
 def _sweep(args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per point
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
