@@ -245,3 +245,28 @@ def test_build_lock_lets_one_preparer_in_at_a_time(tmp_path):
         events.append("second enters")
     thread.join()
     assert events == ["first leaves", "second enters"]
+
+
+def test_a_prebuilt_corpus_reads_like_the_one_it_was_built_as(tmp_path):
+    """``arrayrecord:DIR`` and ``tfds:NAME/CONFIG`` open an existing build (no rebuild, no
+    download) and give the same batches; a dataset that is not there says so."""
+    from glm5_jax.data.prebuilt import prebuilt_builder
+    from glm5_jax.errors import UserError
+
+    write_synthetic_corpus(tmp_path / "corpus", num_documents=20, seed=1)
+    built = DataConfig(data_dir=str(tmp_path / "data"), corpus=str(tmp_path / "corpus"), vocab_size=300,
+                       seq_len=32, batch_size=2, shard_index=0, shard_count=1)
+    prepared = prepare_corpus(built)
+    expected = next(make_train_iterator(built, prepared))
+    name = f"{prepared.builder.name}/{prepared.builder.builder_config.name}"
+    for corpus_name in (f"arrayrecord:{prepared.builder.data_dir}", f"tfds:{name}"):
+        config = dataclasses.replace(built, corpus=corpus_name, tokenizer_path=str(prepared.tokenizer_path))
+        batch = next(make_train_iterator(config))
+        for key in expected:
+            np.testing.assert_array_equal(batch[key], expected[key], err_msg=f"{corpus_name} {key}")
+    with pytest.raises(UserError, match="has no text feature 'body'"):
+        prebuilt_builder(f"arrayrecord:{prepared.builder.data_dir}", built.data_dir, "body")
+    with pytest.raises(UserError, match="is not prepared"):  # registered, never downloaded
+        prebuilt_builder("tfds:mnist", str(tmp_path / "empty"), "text")
+    with pytest.raises(UserError, match="TFDS has no dataset"):
+        prebuilt_builder("tfds:no_such_dataset_xyz", str(tmp_path / "empty"), "text")

@@ -15,13 +15,17 @@ import tensorflow_datasets as tfds
 
 from glm5_jax.data.code_corpus import build_code_corpus
 from glm5_jax.data.config import PYTHON_CODE_CORPUS, DataConfig
+from glm5_jax.data.prebuilt import is_prebuilt, prebuilt_builder
 from glm5_jax.data.text_corpus import build_text_corpus
 
 TRAIN_SPLIT = "train"
 
 
 def build_corpus(config: DataConfig) -> tfds.core.DatasetBuilder:
-    """Builds (or reuses) the corpus of `config.corpus` under `config.data_dir`."""
+    """Builds (or reuses) the corpus of `config.corpus` under `config.data_dir`; a
+    prebuilt one (``tfds:NAME``, ``arrayrecord:DIR``) is only opened."""
+    if is_prebuilt(config.corpus):
+        return prebuilt_builder(config.corpus, config.data_dir, config.text_field)
     if config.corpus == PYTHON_CODE_CORPUS:
         return build_code_corpus(
             config.data_dir, max_files=config.max_files, max_bytes=config.max_bytes

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 from glm5_jax.data.build_lock import exclusive_build_lock
 from glm5_jax.data.config import DataConfig
 from glm5_jax.data.corpus import TRAIN_SPLIT, build_corpus, sample_texts
+from glm5_jax.data.prebuilt import TextFieldSource, is_prebuilt
 from glm5_jax.data.packing import (
     TokenizeDocument,
     has_tokens,
@@ -51,10 +52,13 @@ class PreparedCorpus:
     builder: tfds.core.DatasetBuilder
     tokenizer: Tokenizer
     tokenizer_path: Path
+    text_field: str = "text"
 
     def data_source(self):
-        """Random-access records of the train split (`tfds.data_source` equivalent)."""
-        return self.builder.as_data_source(TRAIN_SPLIT)
+        """Random-access records of the train split (`tfds.data_source` equivalent), each
+        with its text under "text"."""
+        source = self.builder.as_data_source(TRAIN_SPLIT)
+        return source if self.text_field == "text" else TextFieldSource(source, self.text_field)
 
 
 def default_tokenizer_path(builder: tfds.core.DatasetBuilder, vocab_size: int) -> Path:
@@ -76,9 +80,12 @@ def prepare_corpus(config: DataConfig) -> PreparedCorpus:
         else:
             path = default_tokenizer_path(builder, config.vocab_size)
             source = builder.as_data_source(TRAIN_SPLIT)
+            if is_prebuilt(config.corpus) and config.text_field != "text":
+                source = TextFieldSource(source, config.text_field)
             texts = sample_texts(source, config.tokenizer_training_bytes)
         tokenizer = train_or_load_tokenizer(path, config.vocab_size, texts)
-    return PreparedCorpus(builder, tokenizer, path)
+    text_field = config.text_field if is_prebuilt(config.corpus) else "text"
+    return PreparedCorpus(builder, tokenizer, path, text_field)
 
 
 def host_shard(config: DataConfig) -> tuple[int, int]:

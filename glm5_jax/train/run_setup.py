@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.data.config import DataConfig
-from glm5_jax.data.pipeline import PreparedCorpus, prepare_corpus, vocab_size_of
+from glm5_jax.data.build import prepare_once
+from glm5_jax.data.pipeline import PreparedCorpus, vocab_size_of
 from glm5_jax.data.streams import stream_rows_iterator
 from glm5_jax.model import GLM5Model, logical_partition_specs
 from glm5_jax.sharding import batch_shards, batch_sharding, make_mesh
@@ -153,7 +154,7 @@ def build_run(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
     lay the state out on the mesh. ``devices`` defaults to all; the mesh must cover them."""
     validate(config)
     data_config = data_config_from(config)
-    prepared = prepare_corpus(data_config)
+    prepared = prepare_once(data_config)  # process 0 builds, the others wait
     layout = build_layout(config, vocab_size_of(prepared), devices)
     region = process_region(layout.data_sharding, (config.batch_size, config.seq_len))
     return Run(data_config=data_config, prepared=prepared, layout=layout, region=region)
