@@ -7,13 +7,7 @@ first process of a job builds them while the others wait (``prepare_once``).
 
 from __future__ import annotations
 
-from absl import flags
-from ml_collections import config_flags
-
 from glm5_jax import cli
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.mark_flags_as_required(["config"])
 
 
 def prepare_once(data_config):
@@ -32,15 +26,23 @@ def prepare_once(data_config):
 
 
 def main(argv: list[str]) -> None:
+    from absl import flags
+
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {argv[1:]}")
     from glm5_jax.data.pipeline import vocab_size_of
     from glm5_jax.train.experiment import data_config_from
 
-    prepared = prepare_once(data_config_from(_CONFIG.value))
+    prepared = prepare_once(data_config_from(flags.FLAGS.config))
     print(f"corpus: {prepared.builder.data_dir} ({len(prepared.data_source())} documents)\n"
           f"tokenizer: {prepared.tokenizer_path} (vocabulary {vocab_size_of(prepared)})", flush=True)
 
 
 if __name__ == "__main__":
+    from absl import flags
+    from ml_collections import config_flags
+
+    # Defined here, not at import: the trainer imports prepare_once and has its own --config.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.mark_flags_as_required(["config"])
     cli.run(main)

@@ -8,7 +8,9 @@
     --launcher=local|tpu|slurm                run here, or submit through launch/
     --num_processes=N --devices_per_process=M each point as a multi-process job (local)
     --launcher_args="--zone=... --tpu_name=..."   passed to launch/tpu.py or launch/slurm.py
-    --metric=loss                             the table's and the plot's metric
+    --metric=ce_loss                          the table's and the plot's metric (ce_loss:
+                                              comparable across DSA stages; loss is the
+                                              stage's objective)
     --config.FIELD=VALUE                      applied to every point
 
 Writes DIR/points/<name>/ (one training workdir per point), DIR/results.jsonl,
@@ -41,7 +43,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--devices_per_process", type=int, default=None)
     parser.add_argument("--launcher_args", default="")
-    parser.add_argument("--metric", default="loss")
+    parser.add_argument("--metric", default="ce_loss")
     args, rest = parser.parse_known_args(argv)
     stray = [a for a in rest if not a.startswith("--config.")]
     if stray:
