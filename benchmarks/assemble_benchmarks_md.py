@@ -24,6 +24,8 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("decode", "decode", ("decode.md",)),
     ("evaluation-sandbox", "evaluation sandbox", ("eval.md",)),
     ("pod-plan", "pod plan", ("plan_notes.md", "plan_tiny.md", "plan_full.md")),
+    ("multi-process", "multi-process", ("multiprocess.md",)),
+    ("sweeps", "sweeps", ("sweep_tiny.md",)),
     ("agentic-rl", "agentic RL", ("rl.md", "rl_decoupled.md", "rl_staleness1.md", "rl_debug.md",
                                   "rl_notes.md", "rl_pretrained.md")),
 )
