@@ -6,20 +6,26 @@ to read a trend from), ``learning_rate`` and the counters are the values at step
 ``step_applied`` is the fraction of the window's steps that were applied.
 
 On resume from step N, lines with step > N (written by a run that died after its last
-checkpoint) are dropped from metrics.jsonl and TensorBoard events after N are purged, so the
-files read as one uninterrupted run. Only process 0 writes.
+checkpoint) leave metrics.jsonl and TensorBoard events after N are purged, so the files read as
+one uninterrupted run. Nothing is deleted: the lines that leave metrics.jsonl are appended to
+``metrics_superseded.jsonl``, and TensorBoard's purge only hides the older events (their files
+stay). This happens only when the writer is created, which the loop does once a restore has
+succeeded or a fresh start is decided (a refused restore raises before), so a run that is
+refused keeps every line. Only process 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import jax
 
 METRICS_FILE = "metrics.jsonl"
+SUPERSEDED_METRICS_FILE = "metrics_superseded.jsonl"
 PROGRESS_FIELDS = (
     ("loss", "loss", "{:.3f}"),
     ("learning_rate", "lr", "{:.1e}"),
@@ -45,18 +51,30 @@ def summarize_window(steps: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only the lines of steps <= last_step (a torn last line is dropped too)."""
+    """Keep only the lines of steps <= last_step in ``path``; the others (and a torn last line)
+    are appended to ``metrics_superseded.jsonl`` beside it, never deleted. The rewrite is atomic
+    (a new file renamed over the old), so a crash here loses nothing either."""
     if not path.exists():
         return
-    kept = []
+    kept, superseded = [], []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if record.get("step", math.inf) <= last_step:
+            record = None
+        if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+        elif line.strip():
+            superseded.append(line)
+    if not superseded:
+        return
+    with (path.parent / SUPERSEDED_METRICS_FILE).open("a") as f:
+        f.write("".join(line + "\n" for line in superseded))
+        f.flush()
+        os.fsync(f.fileno())
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ loop compiles once per attention stage (``experiment.STAGES``) with named shardi
    loads the MoE layers sow.
 3. The objective: stages "dense" (dense attention) and "sparse" train everything on
    CE + w_mtp * MTP + w_bal * balance + w_idx * indexer KL; stage "dense_warmup" runs
-   attention dense and trains only the indexer on its KL (every other parameter is carried
-   over unchanged, bit for bit).
+   attention dense and trains only the indexer on its KL (every other parameter, and its
+   optimizer state, is carried over unchanged, bit for bit).
 4. Non-finite loss or gradient norm: nothing is applied (parameters, optimizer state and
    routing biases stay as they were) and ``skipped_steps`` counts it. The learning-rate
    schedule follows applied updates, so a skip does not consume a schedule step.
@@ -36,8 +36,8 @@ from flax import linen as nn
 from flax import traverse_util
 
 from glm5_jax.config import ModelConfig
-from glm5_jax.model.rope import rope_angles
 from glm5_jax.model.attention_mask import attention_mask
+from glm5_jax.model.rope import rope_angles
 from glm5_jax.model.transformer import GLM5Model
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP
 from glm5_jax.train.indexer_loss import indexer_loss_and_recall
@@ -47,6 +47,7 @@ from glm5_jax.train.losses import (
     mtp_valid_masks,
     sequence_balance_loss,
 )
+from glm5_jax.train.optimizer import keep_frozen_groups
 from glm5_jax.train.routing_bias import (
     collect_expert_loads,
     load_imbalance,
@@ -198,9 +199,18 @@ def make_train_step(model_config: ModelConfig, config: ml_collections.ConfigDict
         def apply(_):
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            if stage == DENSE_WARMUP:  # frozen parameters carried over exactly, not "+ 0"
+            if stage == DENSE_WARMUP:
+                # Frozen parameters are carried over exactly, not "+ 0" (weight decay would move
+                # them), and so is their optimizer state: Adam's moments would otherwise decay
+                # toward their zero gradients, and a shared bias-correction count would run on
+                # while they wait. The optimizer keeps one state (moments, Muon momentum, count)
+                # per parameter group (optimizer.py), and the frozen groups' states are taken
+                # from before the step; the learning-rate schedule is the run's clock and moves
+                # on. XLA drops the frozen groups' discarded updates.
+                trainable = trainable_mask(state.params, stage)
                 params = jax.tree.map(lambda new, old, train: new if train else old,
-                                      params, state.params, trainable_mask(state.params, stage))
+                                      params, state.params, trainable)
+                opt_state = keep_frozen_groups(opt_state, state.opt_state, trainable)
                 return params, opt_state, state.routing
             return params, opt_state, update_routing_biases(
                 state.routing, aux["loads"], config.routing_bias_update_rate)
