@@ -63,17 +63,37 @@ def gathered_latent_attention(q_latent: jax.Array, q_rope: jax.Array, latent: ja
 def map_query_chunks(fn, pieces: tuple[jax.Array, ...], query_chunk: int) -> jax.Array:
     """``fn(pieces)`` for arrays [b, s, ...], ``query_chunk`` queries at a time (``lax.map``,
     each chunk rematerialised in the backward pass): memory of one chunk's intermediates.
-    The output is [b, s, ...]. Rows no longer than a chunk (or not a multiple) run whole."""
-    b, s = pieces[0].shape[:2]
-    if s <= query_chunk or s % query_chunk:
-        return fn(pieces)
-    n = s // query_chunk
+    The output is [b, s, ...]. Rows no longer than a chunk (or not a multiple) run whole.
 
-    def split(x):  # [b, s, ...] -> [n, b, chunk, ...]
-        return jnp.moveaxis(x.reshape(b, n, query_chunk, *x.shape[2:]), 1, 0)
+    ``fn`` must treat queries independently (it sees a chunk's queries, not their places).
+    With the sequence split over the mesh's ``context`` axis, step i takes chunk i of
+    *every* context shard ([b, shards * chunk]): each device works on its own queries and
+    nothing moves. (Chunks of the unsplit sequence would make the loop index a sharded
+    dimension: XLA then all-gathers the whole [n, b, chunk, ...] stack at every step, which
+    was ~700 TB per step per chip for glm5_full at 128K.)
+    """
+    b, s = pieces[0].shape[:2]
+    shards = _context_shards(s)
+    local = s // shards
+    if local <= query_chunk or local % query_chunk:
+        return fn(pieces)
+    n = local // query_chunk
+
+    def split(x):  # [b, s, ...] -> [n, b, shards * chunk, ...]
+        x = jnp.moveaxis(x.reshape(b, shards, n, query_chunk, *x.shape[2:]), 2, 0)
+        return x.reshape(n, b, shards * query_chunk, *x.shape[4:])
 
     out = jax.lax.map(jax.checkpoint(fn), tuple(map(split, pieces)))
-    return jnp.moveaxis(out, 0, 1).reshape((b, s) + out.shape[3:])
+    out = jnp.moveaxis(out.reshape(n, b, shards, query_chunk, *out.shape[3:]), 0, 2)
+    return out.reshape((b, s) + out.shape[4:])
+
+
+def _context_shards(seq_len: int) -> int:
+    """How many ways the active mesh splits the sequence (1 without a mesh or if it does not
+    divide ``seq_len``)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    shards = 1 if mesh.empty else dict(mesh.shape).get("context", 1)
+    return shards if seq_len % shards == 0 else 1
 
 
 def _gathered_chunk(q_latent, q_rope, latent, k_rope, topk_indices, scale):
