@@ -185,3 +185,30 @@ CASES = [
          "    time.sleep(600)\n    os._exit(0)\ndef f():\n    return 1",
          ("assert f() == 2",)),
 ]
+
+# Swaps what teardown will delete for symlinks to the host: a subdirectory of its working
+# directory, the working directory itself (possible only where the sample owns the entry
+# in its parent), and entries at the top of /tmp (swept by uid without a mount
+# namespace). Teardown must remove the links, never what they point at. The first line
+# of output is the working directory, so a test can check the harness's directory went.
+SYMLINK_SWAP = """\
+import os
+work = os.getcwd()
+print(work, flush=True)
+os.mkdir('inner')
+open('inner/kept', 'w').write('x')
+os.rename('inner', 'inner-moved')
+os.symlink({canary_dir!r}, 'inner')
+os.symlink({canary!r}, 'canary-link')
+os.mkdir('/tmp/' + {marker!r} + '-dir')
+os.symlink({canary_dir!r}, '/tmp/' + {marker!r} + '-dir/link')
+os.symlink({canary_dir!r}, '/tmp/' + {marker!r})
+try:
+    os.rename(work, work + '-moved')
+    os.symlink({canary_dir!r}, work)
+except OSError:
+    pass
+raise SystemExit('left symlinks to the host in place of its directories')
+"""
+
+CASES.append(case("symlink_swap_of_workdir", SYMLINK_SWAP))

@@ -1,13 +1,15 @@
 """The sample's view of the filesystem: read-only host tree, private scratch space.
 
 Done by the supervisor (and init for /proc) while still privileged, before the runner
-exists; undone by the kernel when the mount namespace dies.
+exists; undone by the kernel when the mount namespace dies. Without a mount namespace
+the supervisor deletes the sample's files itself, by descriptor (``remove_directory``,
+``remove_files_of_uid``), never following a link the sample could have planted.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
 import stat
 import tempfile
 
@@ -85,26 +87,142 @@ def remove_files_of_uid(uid: int, directories: tuple[str, ...] = SCRATCH_DIRS) -
     """Delete what ``uid`` left at the top of the shared scratch dirs; returns the count.
 
     Only needed without a mount namespace, when a sample's /tmp is the host's. Run after
-    every process of ``uid`` is dead, so nothing can race it; symlinks are removed, never
-    followed, and directories go through ``shutil.rmtree``'s descriptor-based walk.
+    every process of ``uid`` is dead. Only entries *owned by* ``uid`` are touched: the
+    harness's own directories (``prepare_filesystem``) are root's, so this sweep never
+    reaches another sandbox of the same uid, e.g. the spare prepared for the next sample.
+    Everything goes by descriptor (``remove_entry``): no link is ever followed.
     """
     removed = 0
     for directory in directories:
-        try:
-            names = os.listdir(directory)
+        try:  # the scratch dirs themselves are the host's configuration, not the sample's
+            directory_fd = os.open(directory, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)
         except OSError:
             continue
-        for name in names:
-            path = os.path.join(directory, name)
-            try:
-                info = os.lstat(path)
-                if info.st_uid != uid:
+        try:
+            with os.scandir(directory_fd) as entries:
+                names = [entry.name for entry in entries]
+            for name in names:
+                try:
+                    if os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_uid != uid:
+                        continue
+                    remove_entry(directory_fd, name)
+                    removed += 1
+                except OSError:
                     continue
-                if stat.S_ISDIR(info.st_mode):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-                removed += 1
-            except OSError:
-                continue
+        finally:
+            os.close(directory_fd)
     return removed
+
+
+# A directory is only ever opened with these: never through a symlink (O_NOFOLLOW), never
+# anything but a directory (O_DIRECTORY), never blocking on a FIFO, never inherited.
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def remove_directory(path: str) -> None:
+    """Delete ``path``, a directory the harness created, and everything in it; no-op if gone.
+
+    ``path``'s parent is the host's temporary directory, opened by name; below it nothing
+    is resolved by path: ``path`` itself and everything inside are reached by descriptor
+    and never through a symlink. Should ``path`` have been replaced by a symlink (only
+    possible where the sample runs as the harness's own uid), only the link is removed.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    parent_fd = os.open(parent, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)
+    try:
+        remove_entry(parent_fd, name)
+    finally:
+        os.close(parent_fd)
+
+
+def remove_entry(directory_fd: int, name: str) -> None:
+    """Delete ``name`` in the directory open as ``directory_fd``: a symlink, file or other
+    non-directory is unlinked (a symlink's target is never touched); a directory is
+    emptied through descriptors and removed. Nothing of the sample may still be running."""
+    try:
+        info = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=directory_fd)
+        return
+    top_fd = _open_directory(directory_fd, name)
+    try:
+        _remove_contents(top_fd)
+    finally:
+        os.close(top_fd)
+    os.rmdir(name, dir_fd=directory_fd)
+
+
+def _remove_contents(top_fd: int) -> None:
+    """Empty the directory open as ``top_fd``, depth first, without recursion and with one
+    descriptor open at a time (a sample can nest directories deeper than any recursion or
+    descriptor limit). Going back up opens ``..`` and checks that it is the directory we
+    came down from (by device and inode); a mismatch stops the teardown, never redirects it.
+    """
+    current = os.open(".", _DIRECTORY_FLAGS, dir_fd=top_fd)
+    # One level per directory on the way down: (its identity, its name in its parent,
+    # its subdirectories still to remove).
+    levels = [(_identity(current), "", _unlink_all_but_directories(current))]
+    try:
+        while True:
+            if levels[-1][2]:
+                name = levels[-1][2].pop()
+                child = _open_directory(current, name)
+                os.close(current)
+                current = child
+                levels.append((_identity(current), name, _unlink_all_but_directories(current)))
+                continue
+            _, name, _ = levels.pop()
+            if not levels:
+                return
+            parent = os.open("..", _DIRECTORY_FLAGS, dir_fd=current)
+            os.close(current)
+            current = parent
+            if _identity(current) != levels[-1][0]:
+                raise OSError(errno.ESTALE, f"a directory moved during teardown: {name!r}")
+            os.rmdir(name, dir_fd=current)
+    finally:
+        os.close(current)
+
+
+def _unlink_all_but_directories(directory_fd: int) -> list[str]:
+    """Unlink every non-directory in ``directory_fd``; returns the subdirectories' names."""
+    with os.scandir(directory_fd) as scan:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+    subdirectories = []
+    for name, is_directory in entries:
+        if is_directory:
+            subdirectories.append(name)
+        else:
+            os.unlink(name, dir_fd=directory_fd)
+    return subdirectories
+
+
+def _open_directory(directory_fd: int, name: str) -> int:
+    """Open the real directory ``name`` (a symlink fails with ELOOP) with owner rwx.
+
+    A root harness never needs the chmod. A harness running as the sample's own uid may
+    find that the sample removed its permissions: then the directory is first pinned with
+    ``O_PATH`` (which needs no permission on it, and no link is followed), and its mode
+    is restored through that descriptor, so the chmod cannot land anywhere else.
+    """
+    try:
+        fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory_fd)
+    except PermissionError:
+        pinned = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=directory_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{pinned}", stat.S_IRWXU)
+            fd = os.open(f"/proc/self/fd/{pinned}", _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)
+        finally:
+            os.close(pinned)
+    mode = os.fstat(fd).st_mode
+    if mode & stat.S_IRWXU != stat.S_IRWXU:  # unlinking inside needs write + search
+        os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IRWXU)
+    return fd
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino

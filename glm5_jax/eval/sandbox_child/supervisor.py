@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import stat
 import time
@@ -185,7 +184,11 @@ def _stop_init(sandbox: PreparedSandbox) -> None:
 
 
 def _tear_down(sandbox: PreparedSandbox) -> None:
-    """Stop the tree, sweep the uid where no pid namespace did it, delete host files."""
+    """Stop the tree, sweep the uid where no pid namespace did it, delete host files.
+
+    The files go only once no process of the sample is left, and by descriptor, never
+    following a link the sample may have planted (``filesystem.remove_entry``).
+    """
     _stop_init(sandbox)
     if not sandbox.pid_ns:  # orphans re-parented to us (a subreaper): kill and reap them
         if sandbox.config.uid is not None:
@@ -201,15 +204,17 @@ def _tear_down(sandbox: PreparedSandbox) -> None:
 def _remove_tree(root: str) -> None:
     """Delete the host-side directory even if the sample removed its own permissions.
 
-    ``root`` is the harness's own directory (the sample cannot rename or replace it), so
-    it is used as given: no ``realpath``, which a planted symlink could redirect.
+    ``root`` is the harness's own directory, used as given: no ``realpath`` (a planted
+    symlink could redirect it), and everything below it goes by descriptor.
     """
-    if os.path.lexists(root):
-        shutil.rmtree(root, onerror=permission_fixer(root))
+    filesystem.remove_directory(root)
 
 
 def permission_fixer(root: str):
     """An ``rmtree`` error handler that restores owner permissions *inside* ``root`` only.
+
+    Teardown no longer uses it (``filesystem.remove_directory`` restores permissions
+    through descriptors); kept for callers of ``shutil.rmtree`` on harness-owned trees.
 
     It never touches ``root``'s parent or anything outside the tree, and never follows a
     symlink (``os.chmod`` would): it only chmods real directories found with ``lstat``.
