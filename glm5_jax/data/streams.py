@@ -56,10 +56,11 @@ class StreamRowsIterator:
                 iterator.start_prefetch()
 
 
-def stream_rows_iterator(config: DataConfig, prepared: PreparedCorpus, rows: slice,
-                         num_streams: int):
-    """An iterator of this process's rows [rows] of the global batches; with one stream
-    and every row, the plain grain iterator (and its checkpoint format)."""
+def stream_rows_iterator(config: DataConfig, prepared: PreparedCorpus, rows: slice):
+    """An iterator of this process's rows [rows] of the global batches, from
+    ``config.num_streams`` streams; with one stream and every row, the plain grain iterator
+    (and its checkpoint format)."""
+    num_streams = config.num_streams
     if config.batch_size % num_streams:
         raise ValueError(f"batch_size={config.batch_size} must divide by data.num_streams={num_streams}")
     per_stream = config.batch_size // num_streams

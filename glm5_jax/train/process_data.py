@@ -27,8 +27,17 @@ class BatchLayoutError(UserError):
 class ProcessRegion:
     rows: slice  # of the global batch's rows
     columns: slice  # of its sequence positions
-    group: int  # which row group this process loads (processes with the same rows share it)
-    groups: int  # how many distinct row groups the batch has
+    batch_rows: int  # rows in the global batch
+
+    @property
+    def groups(self) -> int:
+        """How many distinct row groups the batch has (processes with the same rows share one)."""
+        return self.batch_rows // (self.rows.stop - self.rows.start)
+
+    @property
+    def group(self) -> int:
+        """Which row group this process holds."""
+        return self.rows.start // (self.rows.stop - self.rows.start)
 
     def take(self, local_rows: np.ndarray) -> np.ndarray:
         """This process's part of its row group's batch [rows in group, seq]."""
@@ -57,7 +66,7 @@ def process_region(sharding: Sharding, global_shape: tuple[int, int]) -> Process
     size = row_span.stop - row_span.start
     if rows % size or row_span.start % size:
         raise BatchLayoutError(f"rows {row_span.start}:{row_span.stop} of {rows} do not tile the batch")
-    return ProcessRegion(row_span, column_span, row_span.start // size, rows // size)
+    return ProcessRegion(row_span, column_span, rows)
 
 
 def global_batch_array(sharding: Sharding, region: ProcessRegion, local_rows: np.ndarray,

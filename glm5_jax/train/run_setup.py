@@ -71,8 +71,7 @@ class Run:
 
     def make_iterator(self):
         """This process's rows of every global batch (``data/streams.py``), checkpointable."""
-        return stream_rows_iterator(self.data_config, self.prepared, self.region.rows,
-                                    self.data_config.num_streams)
+        return stream_rows_iterator(self.data_config, self.prepared, self.region.rows)
 
     def to_device(self, batch: dict) -> dict:
         """The global batch from this process's row group's rows (``process_data``)."""
