@@ -9,6 +9,12 @@ more than its cores from concurrent samples).
 Best effort and optional: cgroup v1 hierarchies (memory, pids, cpu) or a cgroup v2
 directory where the controllers are delegated. Whatever could be set up is listed in the
 sample's isolation tags ("cgroup-memory", "cgroup-pids", "cgroup-cpu").
+
+Two things the supervisor's own isolation changes, and how this module copes: its
+cgroup namespace makes /proc/self/cgroup show paths relative to it, so this process's
+own cgroups are read once, when the module is imported (in the zygote, before any
+sandbox exists); and its new root shows no /sys, so each group directory is opened
+when the group is prepared and the limits are written through that descriptor.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class SampleCgroups:
     pids: str | None = None
     cpu: str | None = None
     unified: bool = False  # all three are one cgroup v2 directory
+    # (directory, open descriptor): written through after the host tree left our view
+    descriptors: tuple[tuple[str, int], ...] = ()
 
     @property
     def directories(self) -> list[str]:
@@ -59,7 +67,18 @@ def prepare_cgroups(name: str) -> SampleCgroups:
         except OSError:
             continue
         found[controller] = path
-    return SampleCgroups(**found)
+    return _with_descriptors(SampleCgroups(**found))
+
+
+def _with_descriptors(groups: SampleCgroups) -> SampleCgroups:
+    opened = []
+    for directory in groups.directories:
+        try:
+            opened.append((directory, os.open(directory, os.O_RDONLY | os.O_DIRECTORY
+                                              | os.O_CLOEXEC)))
+        except OSError:
+            pass
+    return dataclasses.replace(groups, descriptors=tuple(opened))
 
 
 def remove_cgroups(uid: int) -> None:
@@ -85,17 +104,18 @@ def apply_cgroup_limits(groups: SampleCgroups, limits: SandboxLimits) -> list[st
     memory_file, pids_file = ("memory.max", "pids.max") if groups.unified else \
         ("memory.limit_in_bytes", "pids.max")
     memory = limits.memory_bytes + HELPER_MEMORY_BYTES
-    if groups.memory and _write(groups.memory, memory_file, str(memory)):
+    if groups.memory and _write(groups, groups.memory, memory_file, str(memory)):
         tags.append("cgroup-memory")
-    if groups.pids and _write(groups.pids, pids_file, str(limits.max_processes + HELPER_PROCESSES)):
+    if groups.pids and _write(groups, groups.pids, pids_file,
+                              str(limits.max_processes + HELPER_PROCESSES)):
         tags.append("cgroup-pids")
     if groups.cpu and limits.cpu_cores is not None:
         quota = max(1000, int(limits.cpu_cores * CPU_PERIOD_US))
         if groups.unified:
-            ok = _write(groups.cpu, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            ok = _write(groups, groups.cpu, "cpu.max", f"{quota} {CPU_PERIOD_US}")
         else:
-            ok = (_write(groups.cpu, "cpu.cfs_period_us", str(CPU_PERIOD_US))
-                  and _write(groups.cpu, "cpu.cfs_quota_us", str(quota)))
+            ok = (_write(groups, groups.cpu, "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                  and _write(groups, groups.cpu, "cpu.cfs_quota_us", str(quota)))
         if ok:
             tags.append("cgroup-cpu")
     return tags
@@ -104,7 +124,7 @@ def apply_cgroup_limits(groups: SampleCgroups, limits: SandboxLimits) -> list[st
 def join_cgroups(groups: SampleCgroups) -> None:
     """Move the calling process (and so all its future children) into the groups."""
     for directory in groups.directories:
-        _write(directory, "cgroup.procs", "0")
+        _write(groups, directory, "cgroup.procs", "0")
 
 
 def _prepare_v2(name: str) -> SampleCgroups:
@@ -119,9 +139,10 @@ def _prepare_v2(name: str) -> SampleCgroups:
             available = set(handle.read().split())
     except OSError:
         return SampleCgroups()
-    return SampleCgroups(memory=path if "memory" in available else None,
-                         pids=path if "pids" in available else None,
-                         cpu=path if "cpu" in available else None, unified=True)
+    return _with_descriptors(SampleCgroups(memory=path if "memory" in available else None,
+                                           pids=path if "pids" in available else None,
+                                           cpu=path if "cpu" in available else None,
+                                           unified=True))
 
 
 def _v1_parent(controller: str) -> str | None:
@@ -133,23 +154,38 @@ def _v1_parent(controller: str) -> str | None:
     return parent if os.access(parent, os.W_OK) else None
 
 
-def _own_cgroup(controller: str) -> str | None:
-    """This process's cgroup path for a v1 controller ("" means the v2 hierarchy)."""
+def _read_own_cgroups() -> list[tuple[str, str]]:
+    """(controllers, path) per hierarchy of this process, from /proc/self/cgroup."""
     try:
         with open("/proc/self/cgroup") as handle:
-            for line in handle:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                if controller in controllers.split(",") or (controller == controllers == ""):
-                    return path
-    except OSError:
-        return None
+            return [tuple(line.rstrip("\n").split(":", 2)[1:]) for line in handle]
+    except (OSError, ValueError):
+        return []
+
+
+_OWN_CGROUPS = _read_own_cgroups()  # before any cgroup namespace: see the module docstring
+
+
+def _own_cgroup(controller: str) -> str | None:
+    """This process's cgroup path for a v1 controller ("" means the v2 hierarchy)."""
+    for controllers, path in _OWN_CGROUPS:
+        if controller in controllers.split(",") or (controller == controllers == ""):
+            return path
     return None
 
 
-def _write(directory: str, name: str, value: str) -> bool:
+def _write(groups: SampleCgroups, directory: str, name: str, value: str) -> bool:
+    """Write a cgroup file, through the directory's descriptor where there is one."""
+    directory_fd = dict(groups.descriptors).get(directory)
     try:
-        with open(os.path.join(directory, name), "w") as handle:
-            handle.write(value)
+        if directory_fd is None:
+            fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=directory_fd)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
         return True
     except OSError:
         return False

@@ -1,4 +1,4 @@
-"""The sample's view of the filesystem: read-only host tree, private scratch space.
+"""The sample's view of the filesystem: its own minimal root, private scratch space.
 
 Done by the supervisor (and init for /proc) while still privileged, before the runner
 exists; undone by the kernel when the mount namespace dies. Without a mount namespace
@@ -14,36 +14,33 @@ import stat
 import tempfile
 
 from glm5_jax.eval.limits import SandboxLimits
-from glm5_jax.eval.sandbox_child import linux
+from glm5_jax.eval.sandbox_child import linux, minimal_root
 
 PRIVATE_WORKDIR = "/tmp/sandbox"
 SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+SCRATCH_FLAGS = linux.MS_NOSUID | linux.MS_NODEV
 
 
 def prepare_filesystem(namespaces: list[str], uid: int | None, gid: int | None,
                        keep_writable: tuple[str, ...] = ()) -> tuple[str, list[str], str | None]:
     """Make the working directory; returns (workdir, tags, host directory to remove).
 
-    With a mount namespace the whole host tree becomes read-only for the sample and
-    /tmp, /var/tmp and /dev/shm become fresh size-limited tmpfs mounts that vanish with
-    the namespace, so nothing the sample writes can outlive it (``keep_writable`` mounts
-    excepted). Without one, the workdir is a host temporary directory that the
-    supervisor deletes afterwards.
+    With a mount namespace the sample gets its own root (``minimal_root``): the
+    interpreter, the standard library and the system libraries it loads, read-only, and
+    nothing else of the host; /tmp, /var/tmp and /dev/shm are fresh size-limited tmpfs
+    mounts that vanish with the namespace. Should the kernel refuse that root, the whole
+    host tree is shown read-only instead (``keep_writable`` mounts excepted) and the tags
+    say so: "read-only-root" without "minimal-root". Without a mount namespace, the
+    workdir is a host temporary directory that the supervisor deletes afterwards.
     """
     tags = []
     if "mount-ns" in namespaces:
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        try:
-            linux.make_tree_read_only("/")
-            tags.append("read-only-root")
-            for path in keep_writable:  # e.g. cgroupfs, for the root supervisor; its files
-                linux.make_tree_writable(path)  # stay root-only for the dropped runner
-        except OSError:
-            pass
+        tags += _enter_minimal_root(namespaces) or _read_only_host_tree(keep_writable)
         for directory in SCRATCH_DIRS:
             if os.path.isdir(directory):
-                linux.mount("tmpfs", directory, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
-                            f"size={SandboxLimits().scratch_bytes},mode=1777")
+                linux.mount("tmpfs", directory, "tmpfs", SCRATCH_FLAGS,
+                            scratch_options(SandboxLimits().scratch_bytes))
         tags.append("private-tmp")
         workdir, host_dir = PRIVATE_WORKDIR, None
         os.mkdir(workdir, 0o700)
@@ -62,6 +59,40 @@ def prepare_filesystem(namespaces: list[str], uid: int | None, gid: int | None,
     return workdir, tags, host_dir
 
 
+def _enter_minimal_root(namespaces: list[str]) -> list[str]:
+    """Pivot into a root that shows only what the interpreter needs; [] if refused.
+
+    /proc: as real root, an empty mount point for init's private /proc. In a user
+    namespace the kernel only lets init mount a fresh /proc where one is already fully
+    visible in the mount namespace, so the host's is bound there first and the private
+    one covers it (as it does without a new root). Without a pid namespace there is no
+    private /proc: the host's is shown (the runner needs /proc/self).
+    """
+    proc_from_host = "user-ns" in namespaces or "pid-ns" not in namespaces
+    try:
+        plan = minimal_root.plan_root(minimal_root.shown_host_paths(), proc_from_host)
+        minimal_root.build_and_enter(plan)
+    except OSError:
+        return []
+    return ["minimal-root", "read-only-root"]
+
+
+def _read_only_host_tree(keep_writable: tuple[str, ...]) -> list[str]:
+    try:
+        linux.make_tree_read_only("/")
+        for path in keep_writable:  # e.g. cgroupfs, for the root supervisor; its files
+            linux.make_tree_writable(path)  # stay root-only for the dropped runner
+    except OSError:
+        return []
+    return ["read-only-root"]
+
+
+def scratch_options(size_bytes: int) -> str:
+    """tmpfs options: bytes and inodes both bounded (empty files cost kernel memory too)."""
+    inodes = max(1024, size_bytes // 4096)
+    return f"size={size_bytes},nr_inodes={inodes},mode=1777"
+
+
 def resize_scratch(size_bytes: int) -> None:
     """Give the private scratch mounts the sample's own size limit (they were mounted
     ahead of the request with the default)."""
@@ -69,9 +100,8 @@ def resize_scratch(size_bytes: int) -> None:
         return
     for directory in SCRATCH_DIRS:
         if os.path.isdir(directory):
-            linux.mount(None, directory, None,
-                        linux.MS_REMOUNT | linux.MS_NOSUID | linux.MS_NODEV,
-                        f"size={size_bytes},mode=1777")
+            linux.mount(None, directory, None, linux.MS_REMOUNT | SCRATCH_FLAGS,
+                        scratch_options(size_bytes))
 
 
 def mount_private_proc() -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from glm5_jax.eval.limits import SandboxLimits
 from glm5_jax.eval.sandbox_child import linux
 
 _NAMESPACES = (  # (tag, clone flag), in the order they are entered
@@ -17,6 +18,20 @@ _NAMESPACES = (  # (tag, clone flag), in the order they are entered
     ("pid-ns", linux.CLONE_NEWPID),
     ("ipc-ns", linux.CLONE_NEWIPC),
     ("uts-ns", linux.CLONE_NEWUTS),
+    ("cgroup-ns", linux.CLONE_NEWCGROUP),  # /proc/self/cgroup hides the host's cgroup paths
+)
+
+# SysV IPC objects live in the kernel, outside every rlimit and tmpfs size, for as long as
+# the ipc namespace does; a fresh namespace allows ~2^64 bytes of shared memory, 32000
+# message queues of 16 KiB and 32000 semaphore sets of 32000. Bounded per sample here:
+# shared memory to one scratch tmpfs' worth, 16 queues (256 KiB), 16 small semaphore sets.
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+IPC_LIMITS = (
+    ("kernel/shmmax", str(SandboxLimits().scratch_bytes)),
+    ("kernel/shmall", str(SandboxLimits().scratch_bytes // _PAGE)),
+    ("kernel/shmmni", "16"),
+    ("kernel/msgmni", "16"),
+    ("kernel/sem", "32 512 32 16"),  # semaphores per set, in total, per semop, sets
 )
 
 
@@ -40,7 +55,20 @@ def enter_namespaces() -> list[str]:
             tags.append(tag)
         except OSError:
             pass
+    if "ipc-ns" in tags and bound_ipc_namespace():
+        tags.append("ipc-limits")
     return tags
+
+
+def bound_ipc_namespace() -> bool:
+    """Set IPC_LIMITS in the ipc namespace just entered; False if any was refused."""
+    for name, value in IPC_LIMITS:
+        try:
+            with open(f"/proc/sys/{name}", "w") as handle:
+                handle.write(value)
+        except OSError:
+            return False
+    return True
 
 
 def _enter_user_namespace() -> None:

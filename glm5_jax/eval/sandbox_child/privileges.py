@@ -1,7 +1,9 @@
-"""The runner's last steps before sample code: kernel limits, then giving up root.
+"""The runner's last steps before sample code: kernel limits, giving up root, and the
+syscall filter.
 
 Order matters: hard rlimits are set while privileged (so they cannot be raised again),
-then the uid drop makes them, and everything else, binding.
+then the uid drop makes them, and everything else, binding; the syscall filter comes
+last, once nothing the runner still has to do needs what it denies.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import resource
 
 from glm5_jax.eval.limits import SandboxLimits
+from glm5_jax.eval.sandbox_child import syscall_filter
 
 
 def set_oom_score_adj(value: int) -> bool:
@@ -49,3 +52,9 @@ def drop_privileges(uid: int, gid: int) -> None:
     except PermissionError:
         return
     raise PermissionError("privilege drop is reversible; refusing to run untrusted code")
+
+
+def install_syscall_filter() -> None:
+    """Deny the kernel interfaces sample code never needs (``syscall_filter``), for good.
+    Needs ``PR_SET_NO_NEW_PRIVS``; raises if the filter did not take effect."""
+    syscall_filter.install()
