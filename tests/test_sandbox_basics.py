@@ -96,11 +96,13 @@ def test_stdin_is_empty(pool):
 
 
 def test_environment_is_scrubbed_and_cwd_is_a_private_empty_directory(pool):
+    # The tests run in the judge; the program reads its own file back for them.
     result = pool.run("import os\nkeys = sorted(os.environ)\nentries = os.listdir('.')\n"
-                      "open('scratch.txt', 'w').write('ok')",
+                      "open('scratch.txt', 'w').write('ok')\n"
+                      "def scratch():\n    return open('scratch.txt').read()",
                       ("assert keys == ['HOME', 'LANG', 'PATH', 'TMPDIR'], keys",
                        "assert entries == [], entries",
-                       "assert open('scratch.txt').read() == 'ok'"))
+                       "assert scratch() == 'ok'"))
     assert result.passed, result
 
 

@@ -5,7 +5,7 @@ host side: canary file and directory intact, nothing written to the host's scrat
 dirs, no connection reached the host's listeners, no process of the pool's own sandbox
 uids alive (other pools, e.g. another xdist worker's, hold other uids and are not ours
 to judge), nothing below the helpers but their one prepared (idle, still root) sandbox
-each, and the same helpers still pass a good sample.
+each (supervisor, init, runner and judge), and the same helpers still pass a good sample.
 
 The canary lives where a sample could reach it if isolation failed: outside the
 scratch dirs the sandbox replaces, on a path every user can traverse (checked by
@@ -212,8 +212,8 @@ def test_hostile_program_is_contained(hostile, pool, host_targets):
     assert len(result.stdout_tail) <= LIMITS.output_tail_bytes
     host_targets.assert_intact()
     assert sandbox_uid_processes(pool.held_uids()) == []
-    # Each helper keeps exactly one prepared sandbox (supervisor, init, idle runner).
-    assert wait_until(lambda: all(len(descendants(pid)) == 3 for pid in helpers), 15.0), \
+    # Each helper keeps exactly one prepared sandbox (supervisor, init, idle runner, judge).
+    assert wait_until(lambda: all(len(descendants(pid)) == 4 for pid in helpers), 15.0), \
         {pid: descendants(pid) for pid in helpers}
     assert pool.run(BENIGN.program, BENIGN.tests).passed
     assert pool.helper_pids() == helpers  # no helper had to be restarted

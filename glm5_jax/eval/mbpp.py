@@ -7,6 +7,8 @@ fraction of asserts passed is available for rewards.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
 import json
 import os
@@ -31,6 +33,14 @@ class MbppProblem:
     test_setup_code: str
     test_list: tuple[str, ...]  # three asserts
     challenge_test_list: tuple[str, ...]
+
+    def builtin_overrides(self) -> tuple[str, ...]:
+        """Builtin names the reference defines at top level (task 126's ``sum``): the
+        tests call the program's, as they would in one interpreter."""
+        tree = ast.parse(self.code)
+        defined = {node.name for node in tree.body
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        return tuple(sorted(name for name in defined if hasattr(builtins, name)))
 
     def program(self, completion: str) -> str:
         return f"{completion}\n{self.test_setup_code}" if self.test_setup_code else completion
@@ -77,4 +87,5 @@ class Mbpp:
 
     def job(self, task_id: object, completion: str) -> SandboxJob:
         problem = self.problems[int(task_id)]  # type: ignore[arg-type]
-        return SandboxJob(problem.program(completion), problem.test_list)
+        return SandboxJob(problem.program(completion), problem.test_list,
+                          builtin_overrides=problem.builtin_overrides())

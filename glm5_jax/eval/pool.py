@@ -28,6 +28,9 @@ class SandboxJob:
     program: str
     tests: tuple[str, ...] = ()
     limits: SandboxLimits | None = None  # None: the pool's default limits
+    # Builtin names the tests take from the program (MBPP 126 defines ``sum``). Any
+    # other builtin the program redefines stays the builtin in the tests' interpreter.
+    builtin_overrides: tuple[str, ...] = ()
 
 
 class SandboxPool:
@@ -52,11 +55,12 @@ class SandboxPool:
         self._closed = False
 
     def run(self, program: str, tests: Sequence[str] = (),
-            limits: SandboxLimits | None = None) -> ExecutionResult:
+            limits: SandboxLimits | None = None,
+            builtin_overrides: Sequence[str] = ()) -> ExecutionResult:
         """Run one sample on a free worker, blocking until its verdict."""
         client = self._checkout()
         try:
-            return client.run((program, *tests), limits or self.limits)
+            return client.run((program, *tests), limits or self.limits, tuple(builtin_overrides))
         finally:
             self._idle.put(client)
 
@@ -64,7 +68,8 @@ class SandboxPool:
         job = job if isinstance(job, SandboxJob) else SandboxJob(job)
         if self._closed:
             raise RuntimeError("SandboxPool is closed")
-        return self._executor.submit(self.run, job.program, job.tests, job.limits)
+        return self._executor.submit(self.run, job.program, job.tests, job.limits,
+                                     job.builtin_overrides)
 
     def map(self, jobs: Iterable[SandboxJob | str]) -> list[ExecutionResult]:
         """Results in the order of ``jobs``; a plain string is a program without tests."""

@@ -48,11 +48,12 @@ class ZygoteClient:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
-    def run(self, steps: tuple[str, ...], limits: SandboxLimits) -> ExecutionResult:
+    def run(self, steps: tuple[str, ...], limits: SandboxLimits,
+            builtin_overrides: tuple[str, ...] = ()) -> ExecutionResult:
         """Run one sample to a verdict; sandbox failures become ``Status.ERROR`` results."""
         started = time.monotonic()
         nonce = secrets.token_bytes(16)
-        request = Request(steps=steps, limits=limits)
+        request = Request(steps=steps, limits=limits, builtin_overrides=builtin_overrides)
         try:
             process = self._ensure_started()
             write_all(process.stdin.fileno(), nonce + encode_frame(request.to_json()))

@@ -136,9 +136,11 @@ CASES = [
     # -- faking a pass -------------------------------------------------------------------
     case("sys_exit_0_before_tests", "import sys\nsys.exit(0)"),
     case("os_exit_0_before_tests", "import os\nos._exit(0)"),
-    case("os_exit_0_inside_test", "def f():\n    return 1",
-         ("assert f() == 1", "import os\nos._exit(0)\nassert f() == 2")),
-    case("exit_builtin_inside_test", "def f():\n    return 1", ("exit(0)",)),
+    # The tests run in the judge; these exits happen in the sample, inside a call.
+    case("os_exit_0_inside_test",
+         "def f():\n    return 1\ndef leave():\n    import os\n    os._exit(0)",
+         ("assert f() == 1", "leave()\nassert f() == 2")),
+    case("exit_builtin_inside_test", "def f():\n    exit(0)", ("f()",)),
     case("patched_assertion_error",
          "import builtins\nclass Ignore(BaseException):\n    pass\n"
          "builtins.AssertionError = Ignore\ndef f():\n    return 1",

@@ -2,16 +2,21 @@
 
 host -> zygote:       16 raw nonce bytes, then a frame holding a JSON ``Request``
 zygote -> supervisor: the same bytes, spliced pipe-to-pipe (never in the zygote's memory)
-supervisor -> runner: a frame with the JSON limits, then one frame per step:
+supervisor -> runner: a frame with the JSON limits, then step 0 (the program) as
                       "<index>\\n<token>\\n<source>"
-runner -> supervisor: one frame per finished step: "<index>\\n<token>\\n<0|1>\\n<error>"
+runner -> supervisor: one frame once the program ran: "<index>\\n<token>\\n<0|1>\\n<error>"
+supervisor -> judge:  a frame with the JSON ``JudgeRequest``, then steps 1..n (the tests),
+                      each as above
+judge -> supervisor:  one report frame per test, as above
+judge <-> runner:     calls into the program and their plain-data replies
+                      (``remote_objects``, ``candidate_calls``); first, the runner sends
+                      the program's exported names
 supervisor -> host:   one frame holding the JSON verdict, which must echo the nonce
 
-Step 0 is the program and steps 1..n are its tests. The supervisor sends a step only after
-the previous one was reported, with a fresh random token, so a runner cannot report a
-step it was never given, and a test's source is not in the sandbox while the program's
-top level runs. The runner is forked before the request exists, so neither the request
-nor the nonce is ever in its memory.
+The supervisor sends a step only after the previous one was reported, with a fresh
+random token, so nobody can report a step it was never given. The tests only ever reach
+the judge: their source is never in the sandbox. The runner and the judge are forked
+before the request exists, so the nonce is never in their memory.
 """
 
 from __future__ import annotations
@@ -45,18 +50,26 @@ class ZygoteConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One sample: ``steps[0]`` is the program, the rest are its tests."""
+    """One sample: ``steps[0]`` is the program, the rest are its tests.
+
+    ``builtin_overrides``: builtin names the tests take from the program (a task whose
+    function is called ``sum``); any other builtin name the program defines stays the
+    builtin for the tests (see ``judge.bind_program_names``).
+    """
 
     steps: tuple[str, ...]
     limits: SandboxLimits
+    builtin_overrides: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return json.dumps({"steps": list(self.steps), "limits": self.limits.to_dict()}).encode()
+        return json.dumps({"steps": list(self.steps), "limits": self.limits.to_dict(),
+                           "builtin_overrides": list(self.builtin_overrides)}).encode()
 
     @classmethod
     def from_json(cls, payload: bytes) -> "Request":
         fields = json.loads(payload)
-        return cls(steps=tuple(fields["steps"]), limits=SandboxLimits.from_dict(fields["limits"]))
+        return cls(steps=tuple(fields["steps"]), limits=SandboxLimits.from_dict(fields["limits"]),
+                   builtin_overrides=tuple(fields.get("builtin_overrides", ())))
 
 
 def encode_limits(limits: SandboxLimits) -> bytes:

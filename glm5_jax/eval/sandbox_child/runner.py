@@ -1,8 +1,10 @@
 """The runner: the only process that executes untrusted code, after isolating itself.
 
-It executes the steps the supervisor sends (program first, then each test) in one
-module namespace and reports each step's outcome. It never decides whether the sample
-passed, and nothing it prints or its exit status means anything to the supervisor.
+It executes the program the supervisor sends (step 0) in a module namespace and reports
+whether its top level ran. Then it answers the judge's calls into the program's
+functions (``candidate_calls``): the tests themselves run in the judge's interpreter,
+never here. It decides nothing, and nothing it prints or its exit status means anything
+to the supervisor.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import types
 
 from glm5_jax.eval.limits import SandboxLimits
-from glm5_jax.eval.sandbox_child import linux, privileges, process_hygiene
+from glm5_jax.eval.sandbox_child import candidate_calls, linux, privileges, process_hygiene
 from glm5_jax.eval.sandbox_child.framing import HEADER, read_frame
 from glm5_jax.eval.sandbox_child.protocol import (
     MAX_ERROR_CHARS, SETUP_FAILED_INDEX, decode_limits, decode_step, encode_report)
@@ -31,6 +33,8 @@ class RunnerChannels:
     report_write: int
     stdout_write: int
     stderr_write: int
+    call_read: int  # the judge's calls into the program
+    reply_write: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +64,7 @@ def become_runner(channels: RunnerChannels, setup: RunnerSetup) -> None:
         _report(channels.report_write, SETUP_FAILED_INDEX, "setup", False,
                 f"sandbox setup failed: {type(exc).__name__}: {exc}")
         os._exit(70)
-    run_steps(channels.step_read, channels.report_write)
+    run_program(channels)
 
 
 def _isolate_before_request(channels: RunnerChannels, setup: RunnerSetup) -> None:
@@ -76,7 +80,8 @@ def _isolate_before_request(channels: RunnerChannels, setup: RunnerSetup) -> Non
     anchors: list[int] = []
     if setup.uid is not None:
         anchors = process_hygiene.anchor_import_paths()
-    process_hygiene.close_fds_except({channels.step_read, channels.report_write, *anchors})
+    process_hygiene.close_fds_except({channels.step_read, channels.report_write,
+                                      channels.call_read, channels.reply_write, *anchors})
     os.chdir(setup.workdir)
     os.umask(0o077)
     process_hygiene.scrub_environment(setup.workdir, setup.private_tmp)
@@ -93,6 +98,7 @@ def _isolate_for_request(limits: SandboxLimits, setup: RunnerSetup) -> None:
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     if setup.shed_user_namespace:
         linux.unshare(linux.CLONE_NEWUSER)
+    privileges.install_syscall_filter()
     _fresh_standard_streams()
 
 
@@ -150,30 +156,48 @@ def _report(fd: int, index: int, token: str, ok: bool, error: str, *, _write=os.
         data = data[_write(fd, data):]
 
 
-def run_steps(step_fd: int, report_fd: int, *, _read=os.read, _exit=os._exit,
-              _compile=compile, _exec=exec, _BaseException=BaseException,
-              _decode_step=decode_step, _describe=describe_failure, _report=_report) -> None:
-    """Execute each step as it arrives; report it; exit when the supervisor hangs up.
+def run_program(channels: RunnerChannels) -> None:
+    """Execute step 0 (the program), report it, then serve the judge's calls. Never returns.
 
-    Every builtin this loop needs is bound as a default argument when this module is
-    imported, long before untrusted code runs, so patching ``builtins``/``os`` from the
-    program cannot change how steps are compiled, executed or reported.
+    Every builtin the program step needs is bound as a default argument of
+    ``_execute_program`` when this module is imported, long before untrusted code runs,
+    so patching ``builtins``/``os`` from the program cannot change how it is reported.
+    Nothing after the report matters to a verdict: the sample may patch the call loop,
+    and can then only send the judge data of its choosing, as any function could.
     """
+    namespace = _execute_program(channels.step_read, channels.report_write)
+    if namespace is None:
+        os._exit(0)
+    table = candidate_calls.HandleTable()
+    try:
+        exported = candidate_calls.exported_names(namespace, table)
+    except BaseException as exc:  # noqa: BLE001 - e.g. a name bound to a huge int
+        exported = candidate_calls.plain_data.encode([])
+        sys.stderr.write(f"could not export the program's names: {exc}\n")
+    candidate_calls.send(channels.reply_write, exported)
+    candidate_calls.serve_calls(channels.call_read, channels.reply_write, table)
+    os._exit(0)
+
+
+def _execute_program(step_fd: int, report_fd: int, *, _read=os.read, _compile=compile,
+                     _exec=exec, _BaseException=BaseException, _decode_step=decode_step,
+                     _describe=describe_failure, _report=_report) -> dict | None:
+    """Run the one program step; its namespace if it ran, None if it failed or never came."""
+    header = _read_exact(step_fd, HEADER.size, _read)
+    if header is None:
+        return None
+    payload = _read_exact(step_fd, HEADER.unpack(header)[0], _read)
+    if payload is None:
+        return None
+    index, token, source = _decode_step(payload)
     module = types.ModuleType(MODULE_NAME)
     sys.modules[MODULE_NAME] = module
     namespace = module.__dict__
-    while True:
-        header = _read_exact(step_fd, HEADER.size, _read)
-        if header is None:
-            _exit(0)
-        payload = _read_exact(step_fd, HEADER.unpack(header)[0], _read)
-        if payload is None:
-            _exit(0)
-        index, token, source = _decode_step(payload)
-        ok, error = True, ""
-        try:
-            code = _compile(source, f"<step {index}>", "exec", dont_inherit=True, optimize=0)
-            _exec(code, namespace)
-        except _BaseException as exc:  # noqa: BLE001 - SystemExit and friends fail a step too
-            ok, error = False, _describe(exc, index)
-        _report(report_fd, index, token, ok, error)
+    ok, error = True, ""
+    try:
+        code = _compile(source, f"<step {index}>", "exec", dont_inherit=True, optimize=0)
+        _exec(code, namespace)
+    except _BaseException as exc:  # noqa: BLE001 - SystemExit and friends fail the program
+        ok, error = False, _describe(exc, index)
+    _report(report_fd, index, token, ok, error)
+    return namespace if ok else None

@@ -1,9 +1,11 @@
 """The supervisor's event loop: feed steps, read reports and output, enforce the clock.
 
-This is where a pass is decided, from facts the sandboxed process cannot fake without
-attacking this loop's protocol directly: each step's report must carry the random token
-that came with that step, in order, and only a report for the last test completes the
-sample. Exit codes, stdout and timing are never taken as success.
+Step 0 (the program) goes to the runner; every test goes to the judge, the trusted
+interpreter that calls into the program across a process boundary. A pass is decided
+here from the judge's reports only: the runner's single report says whether the
+program's top level ran, and a runner report for any other step is tampering. Each report
+must carry the random token that came with its step, in order, and only a report for the
+last test completes the sample. Exit codes, stdout and timing are never taken as success.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class WatchedPipes:
-    """The supervisor's ends of the pipes to the runner and to init."""
+    """The supervisor's ends of the pipes to the runner, the judge and init."""
 
     step_write: int
     report_read: int
     stdout_read: int
     stderr_read: int
     status_read: int
+    judge_step_write: int
+    judge_report_read: int
 
 
 def describe_exit(wait_status: int, limits: SandboxLimits) -> str:
@@ -68,7 +72,7 @@ class StepWatch:
     """Runs one sample's steps to an ``Outcome``; all descriptors must be non-blocking."""
 
     def __init__(self, steps: tuple[str, ...], limits: SandboxLimits, pipes: WatchedPipes,
-                 preamble: bytes = b"") -> None:
+                 runner_preamble: bytes = b"", judge_preamble: bytes = b"") -> None:
         self.steps = steps
         self.limits = limits
         self.pipes = pipes
@@ -80,8 +84,11 @@ class StepWatch:
         self.extra_isolation: list[str] = []
         self.outcome: Outcome | None = None
         self.started = 0.0
-        self._frames = FrameBuffer(MAX_REPORT_BYTES)
-        self._outgoing = preamble  # sent ahead of step 0 (the runner's limits)
+        self._frames = {pipes.report_read: FrameBuffer(MAX_REPORT_BYTES),
+                        pipes.judge_report_read: FrameBuffer(MAX_REPORT_BYTES)}
+        # Sent ahead of the first step to each: the runner's limits, the judge's request.
+        self._outgoing = {pipes.step_write: runner_preamble,
+                          pipes.judge_step_write: judge_preamble}
         self._status_text = b""
         self._runner_status: int | None = None
         self._status_grace_until: float | None = None
@@ -94,14 +101,18 @@ class StepWatch:
     def run(self) -> Outcome:
         pipes = self.pipes
         for fd, handler in ((pipes.report_read, self._on_report_data),
+                            (pipes.judge_report_read, self._on_report_data),
                             (pipes.stdout_read, self._on_stdout),
                             (pipes.stderr_read, self._on_stderr),
                             (pipes.status_read, self._on_status_data)):
             os.set_blocking(fd, False)
             self._selector.register(fd, selectors.EVENT_READ, handler)
         os.set_blocking(pipes.step_write, False)
+        os.set_blocking(pipes.judge_step_write, False)
         self.started = time.monotonic()
         deadline = self.started + self.limits.timeout_s
+        if self.tests_total:
+            self._flush_outgoing(pipes.judge_step_write)  # its request, while the program runs
         self._send_step(0)
         while self.outcome is None:
             now = time.monotonic()
@@ -121,18 +132,20 @@ class StepWatch:
     # -- steps out -----------------------------------------------------------------------
     def _send_step(self, index: int) -> None:
         self.sent = index + 1
-        self._outgoing += encode_frame(encode_step(index, self.tokens[index], self.steps[index]))
-        self._flush_outgoing(self.pipes.step_write)
+        fd = self.pipes.step_write if index == 0 else self.pipes.judge_step_write
+        self._outgoing[fd] += encode_frame(encode_step(index, self.tokens[index],
+                                                       self.steps[index]))
+        self._flush_outgoing(fd)
 
     def _flush_outgoing(self, fd: int) -> None:
         try:
-            while self._outgoing:
-                self._outgoing = self._outgoing[os.write(fd, self._outgoing):]
+            while self._outgoing[fd]:
+                self._outgoing[fd] = self._outgoing[fd][os.write(fd, self._outgoing[fd]):]
         except BlockingIOError:
             pass
         except BrokenPipeError:
-            self._outgoing = b""  # the runner is gone; its exit status will explain why
-        wants_write = bool(self._outgoing)
+            self._outgoing[fd] = b""  # the reader is gone; its end explains why
+        wants_write = bool(self._outgoing[fd])
         registered = fd in self._selector.get_map()
         if wants_write and not registered:
             self._selector.register(fd, selectors.EVENT_WRITE, self._flush_outgoing)
@@ -142,28 +155,36 @@ class StepWatch:
     # -- reports in ----------------------------------------------------------------------
     def _on_report_data(self, fd: int) -> bool:
         """Consume one chunk of reports; False when nothing more can be read right now."""
+        from_judge = fd == self.pipes.judge_report_read
         data = self._read(fd)
         if data is None:
             return False
         if not data:
             self._selector.unregister(fd)
-            self._await_exit_status()
+            if from_judge:
+                self._finish("error", "the judge ended before every test was judged")
+            else:
+                self._await_exit_status()
             return False
-        self._frames.feed(data)
+        self._frames[fd].feed(data)
         try:
-            while self.outcome is None and (frame := self._frames.pop()) is not None:
-                self._on_report(decode_report(frame))
+            while self.outcome is None and (frame := self._frames[fd].pop()) is not None:
+                self._on_report(decode_report(frame), from_judge)
         except (ValueError, UnicodeDecodeError):
-            self._finish("failed", "malformed report from the sandbox (harness tampering)")
+            if from_judge:
+                self._finish("error", "malformed report from the judge")
+            else:
+                self._finish("failed", "malformed report from the sandbox (harness tampering)")
         return True
 
-    def _on_report(self, report: StepReport) -> None:
+    def _on_report(self, report: StepReport, from_judge: bool) -> None:
         if report.index == SETUP_FAILED_INDEX:
             self._finish("error", report.error)
             return
         expected = len(self.reports)
         asked_for = expected < self.sent and report.token == self.tokens[expected]
-        if report.index != expected or not asked_for:
+        right_source = from_judge == (expected > 0)  # the runner reports the program only
+        if report.index != expected or not asked_for or not right_source:
             self._finish("failed", "report for a step that was not asked for (harness tampering)")
             return
         self.reports.append(report)
@@ -228,10 +249,11 @@ class StepWatch:
                 self._on_runner_exit()
 
     def _on_runner_exit(self) -> None:
-        """Reports written before the exit are already in the pipe: take them first."""
-        fd = self.pipes.report_read
-        while self.outcome is None and fd in self._selector.get_map() and self._on_report_data(fd):
-            pass
+        """Reports written before the exit are already in the pipes: take them first."""
+        for fd in (self.pipes.report_read, self.pipes.judge_report_read):
+            while self.outcome is None and fd in self._selector.get_map() \
+                    and self._on_report_data(fd):
+                pass
         if self.outcome is None:
             self._finish_runner_gone()
 

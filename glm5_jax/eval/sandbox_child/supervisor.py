@@ -22,6 +22,7 @@ from glm5_jax.eval.sandbox_child.namespaces import enter_namespaces
 from glm5_jax.eval.sandbox_child.privileges import set_oom_score_adj
 from glm5_jax.eval.sandbox_child.framing import encode_frame, read_exact, read_frame, write_all
 from glm5_jax.eval.sandbox_child.init_process import become_init
+from glm5_jax.eval.sandbox_child.judge import JudgeChannels, JudgeRequest, become_judge
 from glm5_jax.eval.sandbox_child.protocol import (
     NONCE_BYTES, Request, ZygoteConfig, encode_limits)
 from glm5_jax.eval.sandbox_child.runner import RunnerChannels, RunnerSetup
@@ -39,6 +40,7 @@ class PreparedSandbox:
     fs_tags: list[str]
     host_dir: str | None  # host-side workdir to delete afterwards (no mount namespace)
     init_pid: int
+    judge_pid: int
     pipes: WatchedPipes
     lifeline_write: int
     groups: cgroups.SampleCgroups
@@ -104,9 +106,12 @@ def _prepare(config: ZygoteConfig, sequence: int, request_fd: int) -> PreparedSa
     stderr_read, stderr_write = os.pipe()
     status_read, status_write = os.pipe()
     lifeline_read, lifeline_write = os.pipe()
+    call_read, call_write = os.pipe()
+    reply_read, reply_write = os.pipe()
     if min(step_read, step_write, report_read, report_write) <= 2:
         raise RuntimeError("standard descriptors were closed; pipes would collide with them")
-    channels = RunnerChannels(step_read, report_write, stdout_write, stderr_write)
+    channels = RunnerChannels(step_read, report_write, stdout_write, stderr_write,
+                              call_read, reply_write)
     setup = RunnerSetup(workdir=workdir, uid=config.uid, gid=config.gid,
                         private_tmp="private-tmp" in fs_tags,
                         shed_user_namespace="user-ns" in namespaces, parent_pid=0)
@@ -117,27 +122,45 @@ def _prepare(config: ZygoteConfig, sequence: int, request_fd: int) -> PreparedSa
             for inherited in (0, 1):  # the zygote's pipes (request and verdict) and ours
                 os.dup2(devnull, inherited)
             for fd in (step_write, report_read, stdout_read, stderr_read, status_read,
-                       lifeline_write, devnull, request_fd):
+                       lifeline_write, devnull, request_fd, call_write, reply_read):
                 os.close(fd)
             become_init(channels, setup, status_write, lifeline_read,
                         remount_proc="pid-ns" in namespaces and "mount-ns" in namespaces)
         finally:
             os._exit(70)
-    for fd in (step_read, report_write, stdout_write, stderr_write, status_write, lifeline_read):
+    for fd in (step_read, report_write, stdout_write, stderr_write, status_write, lifeline_read,
+               call_read, reply_write):
+        os.close(fd)
+    # Forked after init: inside the sample's namespaces (pid 2 of its pid namespace, so it
+    # dies with init), but never in the runner's uid, process group or descriptors.
+    judge_step_read, judge_step_write = os.pipe()
+    judge_report_read, judge_report_write = os.pipe()
+    supervisor_pid = os.getpid()
+    judge_pid = os.fork()
+    if judge_pid == 0:
+        try:
+            become_judge(JudgeChannels(judge_step_read, judge_report_write, call_write,
+                                       reply_read), supervisor_pid)
+        finally:
+            os._exit(70)
+    for fd in (judge_step_read, judge_report_write, call_write, reply_read):
         os.close(fd)
     if "pid-ns" not in namespaces:
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)  # descendants that escape init come here
-    pipes = WatchedPipes(step_write, report_read, stdout_read, stderr_read, status_read)
-    return PreparedSandbox(config, namespaces, fs_tags, host_dir, init_pid, pipes, lifeline_write,
-                           groups)
+    pipes = WatchedPipes(step_write, report_read, stdout_read, stderr_read, status_read,
+                         judge_step_write, judge_report_read)
+    return PreparedSandbox(config, namespaces, fs_tags, host_dir, init_pid, judge_pid, pipes,
+                           lifeline_write, groups)
 
 
 def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
     if "private-tmp" in sandbox.fs_tags:
         filesystem.resize_scratch(request.limits.scratch_bytes)
     group_tags = cgroups.apply_cgroup_limits(sandbox.groups, request.limits)
+    judge_request = JudgeRequest(request.limits, request.builtin_overrides)
     watch = StepWatch(request.steps, request.limits, sandbox.pipes,
-                      preamble=encode_frame(encode_limits(request.limits)))
+                      runner_preamble=encode_frame(encode_limits(request.limits)),
+                      judge_preamble=encode_frame(judge_request.to_json()))
     try:
         outcome = watch.run()
     finally:
@@ -145,7 +168,7 @@ def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
         watch.drain_output()
         _tear_down(sandbox)
     tags = [*sandbox.namespaces, *sandbox.fs_tags, *watch.extra_isolation, *group_tags,
-            "rlimits", "no-new-privs"]
+            "rlimits", "no-new-privs", "judge-process"]
     if sandbox.config.uid is not None:
         tags.append(f"uid={sandbox.config.uid}")
     return {
@@ -165,7 +188,12 @@ def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
 
 def _stop_init(sandbox: PreparedSandbox) -> None:
     """End the tree. With a pid namespace, killing its pid 1 kills every member, and
-    waitpid returns only once they are all gone; otherwise init kills its descendants."""
+    waitpid returns only once they are all gone; otherwise init kills its descendants.
+    The judge is the supervisor's own child: killed and reaped here in either case."""
+    if sandbox.judge_pid:
+        pid, sandbox.judge_pid = sandbox.judge_pid, 0
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
     if sandbox.init_pid == 0:
         return
     pid, sandbox.init_pid = sandbox.init_pid, 0
