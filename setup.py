@@ -7,6 +7,8 @@ CORE = [
     "flax>=0.12",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12",
+    # workdir, data and checkpoint paths (glm5_jax/paths.py): local disk or gs://
+    "etils[epath]>=1.7",
     "ml-collections>=1.1.0",
     "absl-py>=2.1",
     "numpy>=2.0",
@@ -29,6 +31,12 @@ HF = [
     "torch==2.13.0",
     "transformers>=5.23.0",
     "safetensors>=0.6",
+]
+
+GCS = [
+    # what etils.epath reads and writes gs:// with when tensorflow is not installed
+    # (checkpoint arrays go through TensorStore's own GCS driver)
+    "gcsfs",
 ]
 
 RL = [
@@ -57,7 +65,7 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"hf": HF, "rl": RL, "tpu": TPU, "test": TEST + HF + RL + TPU,
+    extras_require={"hf": HF, "rl": RL, "tpu": TPU, "gcs": GCS, "test": TEST + HF + RL + TPU,
                     "all": TEST + HF + RL + TPU},
     entry_points={
         "console_scripts": [

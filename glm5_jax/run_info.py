@@ -3,11 +3,13 @@
 Written by process 0 of every entry point when a run starts, so a result can always be
 traced to its process and device counts, its mesh, the jax version, the git commit and
 the command line. A resumed run rewrites it and keeps the earlier starts in ``history``.
+The workdir may be ``gs://...`` (read and written through ``etils.epath``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,9 +19,10 @@ from typing import Any
 import jax
 
 from glm5_jax.errors import UserError
+from glm5_jax.paths import as_path
 
 RUN_INFO_FILE = "run_info.json"
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[1]  # the code: always local
 
 
 def git_commit() -> str | None:
@@ -53,11 +56,11 @@ def describe(mesh: jax.sharding.Mesh | None = None, **extra: Any) -> dict[str, A
     return info
 
 
-def write_run_info(workdir: str | Path, info: dict[str, Any]) -> None:
+def write_run_info(workdir: str | os.PathLike, info: dict[str, Any]) -> None:
     """Process 0 writes the file; earlier starts of the same workdir go to ``history``."""
     if jax.process_index() != 0:
         return
-    path = Path(workdir) / RUN_INFO_FILE
+    path = as_path(workdir) / RUN_INFO_FILE
     history = []
     if path.exists():
         try:
@@ -68,10 +71,10 @@ def write_run_info(workdir: str | Path, info: dict[str, Any]) -> None:
     path.write_text(json.dumps({**info, "history": history}, indent=1) + "\n")
 
 
-def check_same_experiment(workdir: str | Path, experiment: str | None) -> None:
+def check_same_experiment(workdir: str | os.PathLike, experiment: str | None) -> None:
     """A workdir belongs to one experiment: resuming it with another is an error (exit 2),
     not a silent mix of two runs' checkpoints and metrics."""
-    path = Path(workdir) / RUN_INFO_FILE
+    path = as_path(workdir) / RUN_INFO_FILE
     if experiment is None or not path.exists():
         return
     try:

@@ -18,9 +18,10 @@ class DataConfig:
     """What to read, how to tokenize it and how to cut it into batches.
 
     Attributes:
-      data_dir: where built ArrayRecord datasets (and their tokenizers) live.
+      data_dir: where built ArrayRecord datasets (and their tokenizers) live; local or
+        gs://... (TFDS and ArrayRecord open buckets themselves).
       corpus: "python_code" for the corpus of Python sources installed on this machine,
-        or the path of a directory of .txt/.md/.py/.jsonl files.
+        or the path (local or gs://...) of a directory of .txt/.md/.py/.jsonl files.
       vocab_size: size of the byte-level BPE vocabulary trained when no
         `tokenizer_path` is given (special tokens included).
       seq_len: tokens per packed row.

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 
 import grain
 import tensorflow_datasets as tfds
+from etils import epath
 from tokenizers import Tokenizer
 
 from glm5_jax.data.build_lock import exclusive_build_lock
@@ -43,6 +43,7 @@ from glm5_jax.data.packing import (
     training_batch,
 )
 from glm5_jax.data.tokenizer import TOKENIZER_FILE_NAME, train_or_load_tokenizer
+from glm5_jax.paths import as_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ class PreparedCorpus:
 
     builder: tfds.core.DatasetBuilder
     tokenizer: Tokenizer
-    tokenizer_path: Path
+    tokenizer_path: epath.Path  # local, or gs://...
     text_field: str = "text"
 
     def data_source(self):
@@ -61,10 +62,10 @@ class PreparedCorpus:
         return source if self.text_field == "text" else TextFieldSource(source, self.text_field)
 
 
-def default_tokenizer_path(builder: tfds.core.DatasetBuilder, vocab_size: int) -> Path:
+def default_tokenizer_path(builder: tfds.core.DatasetBuilder, vocab_size: int) -> epath.Path:
     """Where a tokenizer trained on a corpus lives: beside its ArrayRecord shards, in a
     directory per vocabulary size so several can coexist."""
-    return Path(builder.data_dir) / f"tokenizer_vocab{vocab_size}" / TOKENIZER_FILE_NAME
+    return as_path(builder.data_dir) / f"tokenizer_vocab{vocab_size}" / TOKENIZER_FILE_NAME
 
 
 def prepare_corpus(config: DataConfig) -> PreparedCorpus:
@@ -75,7 +76,7 @@ def prepare_corpus(config: DataConfig) -> PreparedCorpus:
     with exclusive_build_lock(config.data_dir):
         builder = build_corpus(config)
         if config.tokenizer_path is not None:
-            path = Path(config.tokenizer_path)
+            path = as_path(config.tokenizer_path)
             texts = None
         else:
             path = default_tokenizer_path(builder, config.vocab_size)

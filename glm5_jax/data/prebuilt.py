@@ -3,9 +3,10 @@
 ``data.corpus="tfds:NAME"`` (``NAME`` may carry ``/CONFIG`` and ``:VERSION``, as in
 ``tfds.builder``) reads the dataset prepared under ``data.data_dir``;
 ``data.corpus="arrayrecord:/path/to/name/config/version"`` reads the TFDS directory there
-(``tfds.builder_from_directory``). Nothing is downloaded at run time: a dataset that is not
-prepared, or not in the ArrayRecord format that grain reads with random access, is an
-error saying how to prepare it. Records need a text feature (``data.text_field``).
+(``tfds.builder_from_directory``). Both may be on ``gs://`` (TFDS and ArrayRecord open
+buckets themselves; the path is an ``etils.epath`` path). Nothing is downloaded at run
+time: a dataset that is not prepared, or not in the ArrayRecord format that grain reads
+with random access, is an error saying how to prepare it. Records need a text feature (``data.text_field``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from glm5_jax.errors import UserError
+from glm5_jax.paths import as_path
 
 TFDS_PREFIX = "tfds:"
 ARRAYRECORD_PREFIX = "arrayrecord:"
@@ -32,7 +34,7 @@ def prebuilt_builder(corpus: str, data_dir: str, text_field: str) -> tfds.core.D
     else:
         path = corpus[len(ARRAYRECORD_PREFIX):]
         try:
-            builder = tfds.builder_from_directory(path)
+            builder = tfds.builder_from_directory(as_path(path))
         except Exception as error:  # noqa: BLE001
             raise UserError(f"data.corpus={corpus!r}: {path} is not a built TFDS directory "
                             f"(name/config/version with dataset_info.json): {error}") from error

@@ -3,15 +3,16 @@
 Why a config per directory: the built dataset is named after the directory and a hash
 of its absolute path and text field (`<basename>_<hash>`), so several user corpora can
 share one data_dir and rebuilding the same directory reuses the earlier build. A
-directory whose files changed needs `rebuild=True` (TFDS does not watch files).
+directory whose files changed needs `rebuild=True` (TFDS does not watch files). The directory
+may be on `gs://` (its URI names it then; read through `etils.epath`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from glm5_jax.data.text_files import iter_text_documents
 from glm5_jax.data.tfds_build import prepare_offline
+from glm5_jax.paths import resolved
 
 TEXT_CORPUS_VERSION = "1.0.0"
 
@@ -29,9 +31,9 @@ class TextDirectoryConfig(tfds.core.BuilderConfig):
     text_field: str = "text"
 
 
-def text_config_name(source_dir: Path, text_field: str) -> str:
-    """`<sanitised basename>_<10 hex digits of sha256(absolute path, text field)>`."""
-    absolute = source_dir.resolve()
+def text_config_name(source_dir: str | os.PathLike, text_field: str) -> str:
+    """`<sanitised basename>_<10 hex digits of sha256(absolute path or URI, text field)>`."""
+    absolute = resolved(source_dir)
     basename = re.sub(r"[^A-Za-z0-9_]", "_", absolute.name) or "root"
     digest = hashlib.sha256(f"{absolute}|{text_field}".encode()).hexdigest()[:10]
     return f"{basename}_{digest}"
@@ -70,8 +72,8 @@ class TextDirectory(tfds.core.GeneratorBasedBuilder):
 
 
 def build_text_corpus(
-    source_dir: str | Path,
-    data_dir: str | Path,
+    source_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
     text_field: str = "text",
     rebuild: bool = False,
 ) -> tfds.core.DatasetBuilder:
@@ -79,11 +81,10 @@ def build_text_corpus(
 
     Raises MalformedRecordError (from the generator) naming the bad file and line.
     """
-    source_dir = Path(source_dir)
     config = TextDirectoryConfig(
         name=text_config_name(source_dir, text_field),
         version=TEXT_CORPUS_VERSION,
-        source_dir=str(source_dir.resolve()),
+        source_dir=str(resolved(source_dir)),
         text_field=text_field,
     )
     builder = TextDirectory(config=config, data_dir=str(data_dir), file_format="array_record")

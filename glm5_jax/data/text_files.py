@@ -9,15 +9,21 @@ silently.
 Which files: `*.jsonl` gives one document per non-blank line, a JSON object whose
 `text_field` is a string; other `TEXT_SUFFIXES` files give one document each (the
 whole file, UTF-8). Anything else in the directory is ignored. Files are read in
-sorted path order so the corpus is the same on every build.
+sorted path order so the corpus is the same on every build. The directory may be on
+``gs://`` (read through ``etils.epath``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from etils import epath
+
+from glm5_jax.paths import as_path, files_under, is_local
 
 JSONL_SUFFIX = ".jsonl"
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".rst", ".py"})
@@ -26,7 +32,7 @@ TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".rst", ".py"})
 class MalformedRecordError(ValueError):
     """A record in a user corpus that cannot become a document; says file and line."""
 
-    def __init__(self, path: Path, line_number: int | None, reason: str):
+    def __init__(self, path: epath.Path, line_number: int | None, reason: str):
         location = f"{path}:{line_number}" if line_number is not None else str(path)
         super().__init__(f"{location}: {reason}")
         self.path = path
@@ -43,15 +49,21 @@ class TextDocument:
     line: int
 
 
-def corpus_files(source_dir: Path) -> list[Path]:
+def _all_files(source_dir: epath.Path) -> Iterator[epath.Path]:
+    """Every file under ``source_dir``: pathlib's ``rglob`` on local disk, epath's listing
+    on an object store."""
+    if is_local(source_dir):
+        return (as_path(path) for path in Path(source_dir).rglob("*") if path.is_file())
+    return files_under(source_dir)
+
+
+def corpus_files(source_dir: epath.Path) -> list[epath.Path]:
     """The files a corpus directory contributes, in sorted order."""
     suffixes = TEXT_SUFFIXES | {JSONL_SUFFIX}
-    return sorted(
-        path for path in source_dir.rglob("*") if path.is_file() and path.suffix in suffixes
-    )
+    return sorted(path for path in _all_files(source_dir) if path.suffix in suffixes)
 
 
-def _jsonl_documents(path: Path, relative: str, text_field: str) -> Iterator[TextDocument]:
+def _jsonl_documents(path: epath.Path, relative: str, text_field: str) -> Iterator[TextDocument]:
     with path.open("rb") as lines:
         for line_number, raw_line in enumerate(lines, start=1):
             if not raw_line.strip():
@@ -80,7 +92,7 @@ def _jsonl_documents(path: Path, relative: str, text_field: str) -> Iterator[Tex
             yield TextDocument(text=text, path=relative, line=line_number)
 
 
-def iter_text_documents(source_dir: str | Path, text_field: str = "text") -> Iterator[TextDocument]:
+def iter_text_documents(source_dir: str | os.PathLike, text_field: str = "text") -> Iterator[TextDocument]:
     """Every document of a corpus directory, in a fixed order.
 
     Raises:
@@ -88,7 +100,7 @@ def iter_text_documents(source_dir: str | Path, text_field: str = "text") -> Ite
       MalformedRecordError: a JSONL line is not a JSON object with a string
         `text_field`, or a file is not UTF-8.
     """
-    source_dir = Path(source_dir)
+    source_dir = as_path(source_dir)
     if not source_dir.is_dir():
         raise FileNotFoundError(f"corpus directory {source_dir} does not exist")
     for path in corpus_files(source_dir):

@@ -13,11 +13,13 @@ follow GLM's names so chat/RL code written for GLM-5's tokenizer works with ours
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from glm5_jax.paths import as_path, is_local
 
 PAD_TOKEN = "<|pad|>"
 END_OF_TEXT_TOKEN = "<|endoftext|>"
@@ -68,13 +70,16 @@ def train_tokenizer(
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Loads any tokenizer.json written by `tokenizers` (ours, GLM-5's, ...)."""
-    return Tokenizer.from_file(str(path))
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Loads any tokenizer.json written by `tokenizers` (ours, GLM-5's, ...), from local disk
+    or a URI such as gs://... (read through etils.epath)."""
+    if is_local(path):
+        return Tokenizer.from_file(str(path))
+    return Tokenizer.from_str(as_path(path).read_text())
 
 
 def train_or_load_tokenizer(
-    path: str | Path,
+    path: str | os.PathLike,
     vocab_size: int,
     texts: Iterable[str] | None = None,
 ) -> Tokenizer:
@@ -84,13 +89,16 @@ def train_or_load_tokenizer(
     A loaded file is used as it is, whatever `vocab_size` says: callers that own the
     path (the pipeline) put the vocabulary size in the directory name.
     """
-    path = Path(path)
+    path = as_path(path)
     if path.exists():
         return load_tokenizer(path)
     if texts is None:
         raise FileNotFoundError(f"no tokenizer at {path} and no texts to train one")
     tokenizer = train_tokenizer(texts, vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_local(path):  # one object write: atomic on an object store
+        path.write_text(tokenizer.to_str(pretty=True))
+        return tokenizer
     # Write then rename, so a crash never leaves a half-written tokenizer.json.
     partial = path.with_name(f".{path.name}.{time.time_ns()}.partial")
     tokenizer.save(str(partial))

@@ -9,6 +9,8 @@
   kept to this one function so it can follow the trainer if that changes.
 
 A ``tokenizer.json`` in the directory (or given explicitly) is loaded with ``tokenizers``.
+A training workdir and a tokenizer file may be ``gs://...`` (read through ``etils.epath``); an
+HF directory is read from local disk.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import GLM5Model
+from glm5_jax.paths import absolute, as_path
 
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -25,17 +28,16 @@ CHECKPOINTS_DIR = "checkpoints"
 
 
 def is_train_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) and not os.path.exists(os.path.join(path, "config.json"))
+    return (as_path(path) / CHECKPOINTS_DIR).is_dir() and not (as_path(path) / "config.json").exists()
 
 
 def _train_workdir_model_config(path: str) -> ModelConfig:
-    config_path = os.path.join(path, MODEL_CONFIG_FILE)
-    if not os.path.exists(config_path):
+    config_path = as_path(path) / MODEL_CONFIG_FILE
+    if not config_path.exists():
         raise FileNotFoundError(
             f"{config_path} not found: a training workdir needs the model config beside its checkpoints "
             f"(ModelConfig.to_dict() as JSON), or pass model_config=...")
-    with open(config_path) as f:
-        return ModelConfig.from_dict(json.load(f))
+    return ModelConfig.from_dict(json.loads(config_path.read_text()))
 
 
 def load_model_config(path: str) -> ModelConfig:
@@ -57,10 +59,10 @@ def load_train_workdir(path: str, model_config: ModelConfig | None = None) -> tu
     import orbax.checkpoint as ocp
 
     model_config = model_config or _train_workdir_model_config(path)
-    manager = ocp.CheckpointManager(os.path.abspath(os.path.join(path, CHECKPOINTS_DIR)))
+    manager = ocp.CheckpointManager(absolute(as_path(path) / CHECKPOINTS_DIR))
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint steps under {os.path.join(path, CHECKPOINTS_DIR)}")
+        raise FileNotFoundError(f"no checkpoint steps under {as_path(path) / CHECKPOINTS_DIR}")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     state = restored["state"]
     return GLM5Model(model_config), {"params": state["params"], "routing": state["routing"]}
@@ -77,11 +79,11 @@ def load_for_generation(path: str, model_config: ModelConfig | None = None) -> t
 
 def load_tokenizer(path: str, tokenizer_path: str | None = None):
     """A ``tokenizers.Tokenizer`` from tokenizer_path or ``path/tokenizer.json``; None if absent."""
-    candidate = tokenizer_path or os.path.join(path, TOKENIZER_FILE)
-    if not os.path.exists(candidate):
+    candidate = as_path(tokenizer_path or as_path(path) / TOKENIZER_FILE)
+    if not candidate.exists():
         if tokenizer_path:
             raise FileNotFoundError(f"tokenizer file {tokenizer_path} does not exist")
         return None
-    from tokenizers import Tokenizer
+    from glm5_jax.data.tokenizer import load_tokenizer as load_tokenizer_file
 
-    return Tokenizer.from_file(candidate)
+    return load_tokenizer_file(candidate)

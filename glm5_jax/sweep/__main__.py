@@ -14,9 +14,9 @@
     --config.FIELD=VALUE                      applied to every point
 
 Writes DIR/points/<name>/ (one training workdir per point), DIR/results.jsonl,
-DIR/results.md and DIR/results.png. Rerunning skips finished points and continues the
-others from their checkpoints; a failing point is recorded and the rest go on (exit 1 if
-any point failed).
+DIR/results.md and DIR/results.png; DIR may be gs://... (through etils.epath). Rerunning
+skips finished points and continues the others from their checkpoints; a failing point is
+recorded and the rest go on (exit 1 if any point failed).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from glm5_jax import cli
 from glm5_jax.errors import UserError
+from glm5_jax.paths import as_path
 
 LAUNCHERS = ("local", "tpu", "slurm")
 
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
     from glm5_jax.sweep.runner import read_status, run_sweep
 
     args, shared = parse(argv)
-    if not Path(args.config).is_file():
+    if not Path(args.config).is_file():  # code: always local
         raise UserError(f"--config={args.config}: no such file")
     from_file = sweep_file_points(args.config)
     if from_file is not None and args.axis:
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> int:
         if problem:
             raise UserError(problem)
 
-    directory = Path(args.workdir)
+    directory = as_path(args.workdir)
     directory.mkdir(parents=True, exist_ok=True)
     print(f"sweep of {len(points)} point(s) in {directory}", flush=True)
     statuses = run_sweep(directory, points, args.config, shared, args.launcher, args.parallel,

@@ -5,22 +5,25 @@ Each row: the point's name and overrides, its status (done, failed, preempted, s
 pending), the final and best value of every logged loss, tokens/s (the median over the
 logged windows after the first, which includes compilation) and the error of a failed
 point. Rows are rebuilt from the points' own workdirs on every run, so they never drift
-from what the points wrote.
+from what the points wrote. The sweep directory may be ``gs://...`` (written through
+``etils.epath``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from glm5_jax.train.metrics_writer import read_metrics
 
 LOSS_KEYS = ("loss", "ce_loss", "mtp_loss", "indexer_kl", "indexer_recall")
 
 
-def point_row(name: str, overrides: dict, status: dict, workdir: Path) -> dict[str, Any]:
+def point_row(name: str, overrides: dict, status: dict, workdir: epath.Path) -> dict[str, Any]:
     records = read_metrics(workdir)
     row: dict[str, Any] = {"name": name, "overrides": overrides, "status": status.get("status", "pending"),
                            "steps": records[-1]["step"] if records else 0}
@@ -37,7 +40,7 @@ def point_row(name: str, overrides: dict, status: dict, workdir: Path) -> dict[s
     return row
 
 
-def write_results(directory: Path, rows: list[dict[str, Any]], metric: str) -> None:
+def write_results(directory: epath.Path, rows: list[dict[str, Any]], metric: str) -> None:
     (directory / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (directory / "results.md").write_text(markdown_table(rows, metric))
     plot(directory / "results.png", {r["name"]: read_metrics(directory / "points" / r["name"])
@@ -63,7 +66,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(path: Path, curves: dict[str, list[dict[str, Any]]], metric: str) -> None:
+def plot(path: epath.Path, curves: dict[str, list[dict[str, Any]]], metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,5 +83,7 @@ def plot(path: Path, curves: dict[str, list[dict[str, Any]]], metric: str) -> No
     if any(axes.get_lines()):
         axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    png = io.BytesIO()  # rendered here, written through epath (savefig opens only local files)
+    figure.savefig(png, format="png", dpi=120)
     plt.close(figure)
+    path.write_bytes(png.getvalue())

@@ -20,7 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/<name>.py); override fields with "
     "--config.<field>=<value>.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl "
-                               "and TensorBoard events; reusing it resumes the run.")
+                               "and TensorBoard events, local or gs://... (through etils.epath); "
+                               "reusing it resumes the run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -15,7 +15,9 @@ Each checkpoint step directory holds three items:
   ~30 s to compile on CPU, per mesh).
 
 Orbax writes a step into a temporary directory and renames it when complete, so a save cut
-off (even by kill -9) leaves no step behind.
+off (even by kill -9) leaves no step behind (on ``gs://``, which has no atomic rename, it marks
+a complete step with a ``commit_success.txt`` instead). The directory is an ``epath.Path``
+(``glm5_jax/paths.py``), so a ``gs://`` workdir checkpoints to the bucket.
 
 What a failed restore means, and what it may touch (``restore_latest``; a run is never lost
 for a reason that is not proven damage of the step at hand):
@@ -67,18 +69,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from glm5_jax.paths import absolute, move_tree
 from glm5_jax.train.train_state import TrainState
 
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -280,7 +283,7 @@ def _severity(error: BaseException | None) -> int:
 class Checkpointer:
     """Async, keep-N orbax checkpoints of (state, iterator position) with verified restore."""
 
-    def __init__(self, directory: str | Path, keep: int, async_save: bool = True,
+    def __init__(self, directory: str | os.PathLike, keep: int, async_save: bool = True,
                  log: Callable[[str], None] = _LOG.warning, fingerprint: bool = True,
                  read_attempts: int = 4, retry_backoff_s: float = 1.0):
         """``fingerprint=False`` skips the state checksum on save and restore: it copies every
@@ -290,7 +293,7 @@ class Checkpointer:
         tried this many times in all, waiting backoff * 2^k seconds between tries."""
         if read_attempts < 1:
             raise ValueError(f"read_attempts={read_attempts} must be >= 1")
-        self.directory = Path(directory).absolute()
+        self.directory = absolute(directory)  # an epath.Path: local, or gs://... as it is
         self.fingerprint = fingerprint
         self.read_attempts = read_attempts
         self.retry_backoff_s = retry_backoff_s
@@ -492,9 +495,10 @@ class Checkpointer:
                   f"({type(error).__name__}: {error}); moved it to {moved_to} and falling back to "
                   "the previous checkpoint")
 
-    def _quarantine(self, step: int) -> Path | None:
+    def _quarantine(self, step: int) -> epath.Path | None:
         """Move a bad step out of the manager's directory (so a new save may reuse the step).
-        Process 0 moves it; the others wait until it has."""
+        Process 0 moves it (``paths.move_tree``: a copy then a delete on an object store); the
+        others wait until it has."""
         source = self.directory / str(step)
         target = None
         if jax.process_index() == 0 and source.exists():
@@ -505,7 +509,7 @@ class Checkpointer:
             while target.exists():
                 index += 1
                 target = target_root / f"{self.directory.name}_{step}.{index}"
-            shutil.move(str(source), str(target))
+            move_tree(source, target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

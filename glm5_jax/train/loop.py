@@ -5,6 +5,8 @@ good checkpoint or initialise; then step, log every ``log_every`` steps and chec
 ``checkpoint_every``. Running it again with the same workdir resumes where the last
 checkpoint left off and reproduces the same losses bit for bit (the state, the RNG and the
 data iterator's position are all in the checkpoint, and the step is deterministic).
+The workdir may be local or ``gs://...``: every file in it goes through ``etils.epath``
+(``glm5_jax/paths.py``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
+import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 
+from glm5_jax.paths import as_path
 from glm5_jax.sample.checkpoint import MODEL_CONFIG_FILE, TOKENIZER_FILE
 from glm5_jax.sharding import activate
 from glm5_jax.train.checkpointing import Checkpointer
@@ -67,23 +70,23 @@ class Throughput:
         return summary
 
 
-def write_generation_files(workdir: Path, run: Run) -> None:
+def write_generation_files(workdir: epath.Path, run: Run) -> None:
     """The model config and tokenizer beside the checkpoints, so ``glm5_jax.generate`` and
     ``glm5-eval`` can load the workdir as it is (``glm5_jax/sample/checkpoint.py``)."""
     if jax.process_index() != 0:
         return
     (workdir / MODEL_CONFIG_FILE).write_text(json.dumps(run.model_config.to_dict(), indent=1))
-    shutil.copyfile(run.prepared.tokenizer_path, workdir / TOKENIZER_FILE)
+    as_path(run.prepared.tokenizer_path).copy(workdir / TOKENIZER_FILE, overwrite=True)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           devices: Sequence[jax.Device] | None = None, stop_at_step: int | None = None,
           run: Run | None = None, experiment: str | None = None) -> TrainResult:
     """Train (or resume) until ``config.total_steps`` (or ``stop_at_step``, a clean early stop
     that still checkpoints). ``devices`` defaults to all; the mesh must cover exactly them.
     ``run``: a ``build_run(config, devices)`` to reuse (its programs are already compiled)."""
     run = build_run(config, devices) if run is None else run
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     check_same_experiment(workdir, experiment)
     workdir.mkdir(parents=True, exist_ok=True)
     # Before the data iterator exists: its prefetch threads would share the cores being timed.

@@ -12,6 +12,10 @@ one uninterrupted run. Nothing is deleted: the lines that leave metrics.jsonl ar
 stay). This happens only when the writer is created, which the loop does once a restore has
 succeeded or a fresh start is decided (a refused restore raises before), so a run that is
 refused keeps every line. Only process 0 writes.
+
+The workdir may be ``gs://...``: every file goes through ``etils.epath`` (``glm5_jax/paths.py``:
+on an object store a rewrite is one object write and an append rewrites the object; TensorBoard
+events through ``tensorboard_files``).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
+
+from glm5_jax.paths import append_text, as_path, write_text_atomic
+from glm5_jax.train.tensorboard_files import summary_writer
 
 METRICS_FILE = "metrics.jsonl"
 SUPERSEDED_METRICS_FILE = "metrics_superseded.jsonl"
@@ -50,10 +57,11 @@ def summarize_window(steps: list[dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
+def truncate_metrics(path: epath.Path, last_step: int) -> None:
     """Keep only the lines of steps <= last_step in ``path``; the others (and a torn last line)
     are appended to ``metrics_superseded.jsonl`` beside it, never deleted. The rewrite is atomic
-    (a new file renamed over the old), so a crash here loses nothing either."""
+    (locally a new file renamed over the old; on an object store one object write), so a crash
+    here loses nothing either."""
     if not path.exists():
         return
     kept, superseded = [], []
@@ -68,36 +76,30 @@ def truncate_metrics(path: Path, last_step: int) -> None:
             superseded.append(line)
     if not superseded:
         return
-    with (path.parent / SUPERSEDED_METRICS_FILE).open("a") as f:
-        f.write("".join(line + "\n" for line in superseded))
-        f.flush()
-        os.fsync(f.fileno())
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(line + "\n" for line in kept))
-    os.replace(partial, path)
+    append_text(path.parent / SUPERSEDED_METRICS_FILE, "".join(line + "\n" for line in superseded),
+                fsync=True)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    path = Path(workdir) / METRICS_FILE
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = as_path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str | Path, start_step: int, total_steps: int,
+    def __init__(self, workdir: str | os.PathLike, start_step: int, total_steps: int,
                  progress_bar: bool = True):
         self.enabled = jax.process_index() == 0
         self._progress = None
         self._tensorboard = None
         if not self.enabled:
             return
-        workdir = Path(workdir)
+        workdir = as_path(workdir)
         self.path = workdir / METRICS_FILE
         truncate_metrics(self.path, start_step)
-        from tensorboardX import SummaryWriter
-
-        self._tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1)
+        self._tensorboard = summary_writer(workdir / "tensorboard", purge_step=start_step + 1)
         if progress_bar:
             from tqdm import tqdm
 
@@ -108,8 +110,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": step, **metrics}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 self._tensorboard.add_scalar(name, value, step)
