@@ -1,6 +1,7 @@
 """Hostile code: never reported as passed, never reaches the host, never breaks the pool.
 
-Each case in hostile_cases/cases.py runs in one shared pool; after each we check the
+Each case in hostile_cases/cases.py (the host) and hostile_cases/judge_cases.py (the
+judgment) runs in one shared pool; after each we check the
 host side: canary file and directory intact, nothing written to the host's scratch
 dirs, no connection reached the host's listeners, no process of the pool's own sandbox
 uids alive (other pools, e.g. another xdist worker's, hold other uids and are not ours
@@ -31,6 +32,7 @@ from glm5_jax.eval.pool import SandboxJob, SandboxPool
 from glm5_jax.eval.results import Status
 from glm5_jax.eval.sandbox_child.filesystem import SCRATCH_DIRS
 from hostile_cases.cases import CASES, limits_for
+from hostile_cases.judge_cases import JUDGE_CASES
 
 POLICY = IsolationPolicy()
 LIMITS = SandboxLimits(timeout_s=1.5, memory_bytes=256 << 20)
@@ -194,11 +196,12 @@ def wait_until(condition, timeout_s: float = 2.0) -> bool:
 
 
 def test_there_are_enough_distinct_cases():
-    assert len({case.name for case in CASES}) == len(CASES) >= 25
-    assert all("passed" not in case.statuses for case in CASES)
+    every = CASES + JUDGE_CASES
+    assert len({case.name for case in every}) == len(every) >= 40
+    assert all("passed" not in case.statuses for case in every)
 
 
-@pytest.mark.parametrize("hostile", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("hostile", CASES + JUDGE_CASES, ids=lambda case: case.name)
 def test_hostile_program_is_contained(hostile, pool, host_targets):
     helpers = pool.helper_pids()
     values = host_targets.substitutions()

@@ -12,6 +12,7 @@ import builtins
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping
 
 from glm5_jax.eval.pool import SandboxJob
@@ -34,13 +35,14 @@ class MbppProblem:
     test_list: tuple[str, ...]  # three asserts
     challenge_test_list: tuple[str, ...]
 
-    def builtin_overrides(self) -> tuple[str, ...]:
-        """Builtin names the reference defines at top level (task 126's ``sum``): the
-        tests call the program's, as they would in one interpreter."""
+    def names_from_program(self) -> tuple[str, ...]:
+        """Builtin or stdlib-module names the reference defines at top level (task 126's
+        ``sum``): the tests call the program's, as they would in one interpreter."""
         tree = ast.parse(self.code)
         defined = {node.name for node in tree.body
                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-        return tuple(sorted(name for name in defined if hasattr(builtins, name)))
+        return tuple(sorted(name for name in defined
+                            if hasattr(builtins, name) or name in sys.stdlib_module_names))
 
     def program(self, completion: str) -> str:
         return f"{completion}\n{self.test_setup_code}" if self.test_setup_code else completion
@@ -88,4 +90,4 @@ class Mbpp:
     def job(self, task_id: object, completion: str) -> SandboxJob:
         problem = self.problems[int(task_id)]  # type: ignore[arg-type]
         return SandboxJob(problem.program(completion), problem.test_list,
-                          builtin_overrides=problem.builtin_overrides())
+                          names_from_program=problem.names_from_program())

@@ -28,9 +28,9 @@ class SandboxJob:
     program: str
     tests: tuple[str, ...] = ()
     limits: SandboxLimits | None = None  # None: the pool's default limits
-    # Builtin names the tests take from the program (MBPP 126 defines ``sum``). Any
-    # other builtin the program redefines stays the builtin in the tests' interpreter.
-    builtin_overrides: tuple[str, ...] = ()
+    # Builtin or stdlib-module names the tests take from the program (MBPP 126 defines
+    # ``sum``). Any other such name the program rebinds stays the real one for the tests.
+    names_from_program: tuple[str, ...] = ()
 
 
 class SandboxPool:
@@ -56,11 +56,12 @@ class SandboxPool:
 
     def run(self, program: str, tests: Sequence[str] = (),
             limits: SandboxLimits | None = None,
-            builtin_overrides: Sequence[str] = ()) -> ExecutionResult:
+            names_from_program: Sequence[str] = ()) -> ExecutionResult:
         """Run one sample on a free worker, blocking until its verdict."""
         client = self._checkout()
         try:
-            return client.run((program, *tests), limits or self.limits, tuple(builtin_overrides))
+            return client.run((program, *tests), limits or self.limits,
+                              tuple(names_from_program))
         finally:
             self._idle.put(client)
 
@@ -69,7 +70,7 @@ class SandboxPool:
         if self._closed:
             raise RuntimeError("SandboxPool is closed")
         return self._executor.submit(self.run, job.program, job.tests, job.limits,
-                                     job.builtin_overrides)
+                                     job.names_from_program)
 
     def map(self, jobs: Iterable[SandboxJob | str]) -> list[ExecutionResult]:
         """Results in the order of ``jobs``; a plain string is a program without tests."""

@@ -49,11 +49,11 @@ class ZygoteClient:
         return None if self._process is None else self._process.pid
 
     def run(self, steps: tuple[str, ...], limits: SandboxLimits,
-            builtin_overrides: tuple[str, ...] = ()) -> ExecutionResult:
+            names_from_program: tuple[str, ...] = ()) -> ExecutionResult:
         """Run one sample to a verdict; sandbox failures become ``Status.ERROR`` results."""
         started = time.monotonic()
         nonce = secrets.token_bytes(16)
-        request = Request(steps=steps, limits=limits, builtin_overrides=builtin_overrides)
+        request = Request(steps=steps, limits=limits, names_from_program=names_from_program)
         try:
             process = self._ensure_started()
             write_all(process.stdin.fileno(), nonce + encode_frame(request.to_json()))

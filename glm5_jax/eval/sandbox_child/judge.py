@@ -57,16 +57,16 @@ class JudgeRequest:
     """What the judge learns when the sample arrives (sent before the first test)."""
 
     limits: SandboxLimits
-    builtin_overrides: tuple[str, ...]  # builtin names the tests take from the program
+    names_from_program: tuple[str, ...]  # builtin/stdlib names the tests take from the program
 
     def to_json(self) -> bytes:
         return json.dumps({"limits": self.limits.to_dict(),
-                           "builtin_overrides": list(self.builtin_overrides)}).encode()
+                           "names_from_program": list(self.names_from_program)}).encode()
 
     @classmethod
     def from_json(cls, payload: bytes) -> "JudgeRequest":
         fields = json.loads(payload)
-        return cls(SandboxLimits.from_dict(fields["limits"]), tuple(fields["builtin_overrides"]))
+        return cls(SandboxLimits.from_dict(fields["limits"]), tuple(fields["names_from_program"]))
 
 
 def become_judge(channels: JudgeChannels, supervisor_pid: int) -> None:
@@ -123,7 +123,7 @@ def judge_tests(channels: JudgeChannels, request: JudgeRequest) -> None:
         try:
             if not bound:
                 bound = True
-                bind_program_names(namespace, calls, request.builtin_overrides)
+                bind_program_names(namespace, calls, request.names_from_program)
             code = compile(source, f"<step {index}>", "exec", dont_inherit=True)
             exec(code, namespace)
         except BaseException as exc:  # noqa: BLE001 - any failure, exits included, fails the test
@@ -132,13 +132,16 @@ def judge_tests(channels: JudgeChannels, request: JudgeRequest) -> None:
 
 
 def bind_program_names(namespace: dict, calls: CallChannel,
-                       builtin_overrides: tuple[str, ...]) -> None:
+                       names_from_program: tuple[str, ...]) -> None:
     """Give the tests the program's names: handles, data and stdlib modules.
 
-    A name that is a builtin (``len``, ``abs``, ``sorted``...) is bound only where the job
-    says the tests take it from the program (MBPP task 126 defines ``sum``): otherwise a
-    sample could redefine what the tests use to check it. ``candidate_function(name)``
-    gives the program's ``name`` even where a test (or trusted setup) shadowed it.
+    A builtin's name (``len``, ``abs``, ``sorted``...) or a stdlib module's (``math``,
+    ``re``...) means the real one, whatever the program bound to it, unless the job lists
+    it in ``names_from_program`` (MBPP task 126 defines ``sum``): otherwise a sample could
+    redefine what the tests use to check it. A module the program imported is bound as
+    the judge's own import of that stdlib module, never the sample's object.
+    ``candidate_function(name)`` gives the program's ``name`` even where a test (or
+    trusted setup such as a HumanEval prompt) shadowed it.
     """
     exported = calls.read_message()
     if type(exported) is not list:
@@ -155,8 +158,13 @@ def bind_program_names(namespace: dict, calls: CallChannel,
         elif kind == "v":
             program[name] = value
     for name, value in program.items():
-        if hasattr(builtins, name) and name not in builtin_overrides:
-            continue
+        if name not in names_from_program:
+            if hasattr(builtins, name):
+                continue
+            if name in sys.stdlib_module_names:
+                value = _stdlib_module(name)
+                if value is None:
+                    continue
         namespace[name] = value
 
     def candidate_function(name: str) -> object:

@@ -52,24 +52,24 @@ class ZygoteConfig:
 class Request:
     """One sample: ``steps[0]`` is the program, the rest are its tests.
 
-    ``builtin_overrides``: builtin names the tests take from the program (a task whose
-    function is called ``sum``); any other builtin name the program defines stays the
-    builtin for the tests (see ``judge.bind_program_names``).
+    ``names_from_program``: builtin or stdlib-module names the tests take from the program
+    (a task whose function is called ``sum``); any other such name the program binds stays
+    the real one for the tests (see ``judge.bind_program_names``).
     """
 
     steps: tuple[str, ...]
     limits: SandboxLimits
-    builtin_overrides: tuple[str, ...] = ()
+    names_from_program: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps({"steps": list(self.steps), "limits": self.limits.to_dict(),
-                           "builtin_overrides": list(self.builtin_overrides)}).encode()
+                           "names_from_program": list(self.names_from_program)}).encode()
 
     @classmethod
     def from_json(cls, payload: bytes) -> "Request":
         fields = json.loads(payload)
         return cls(steps=tuple(fields["steps"]), limits=SandboxLimits.from_dict(fields["limits"]),
-                   builtin_overrides=tuple(fields.get("builtin_overrides", ())))
+                   names_from_program=tuple(fields.get("names_from_program", ())))
 
 
 def encode_limits(limits: SandboxLimits) -> bytes:

@@ -157,7 +157,7 @@ def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
     if "private-tmp" in sandbox.fs_tags:
         filesystem.resize_scratch(request.limits.scratch_bytes)
     group_tags = cgroups.apply_cgroup_limits(sandbox.groups, request.limits)
-    judge_request = JudgeRequest(request.limits, request.builtin_overrides)
+    judge_request = JudgeRequest(request.limits, request.names_from_program)
     watch = StepWatch(request.steps, request.limits, sandbox.pipes,
                       runner_preamble=encode_frame(encode_limits(request.limits)),
                       judge_preamble=encode_frame(judge_request.to_json()))
