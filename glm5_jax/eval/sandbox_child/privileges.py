@@ -12,7 +12,8 @@ import os
 import resource
 
 from glm5_jax.eval.limits import SandboxLimits
-from glm5_jax.eval.sandbox_child import syscall_filter
+from glm5_jax.eval.sandbox_child import landlock, syscall_filter
+from glm5_jax.eval.sandbox_child.filesystem import SCRATCH_DIRS
 
 
 def set_oom_score_adj(value: int) -> bool:
@@ -54,7 +55,21 @@ def drop_privileges(uid: int, gid: int) -> None:
     raise PermissionError("privilege drop is reversible; refusing to run untrusted code")
 
 
-def install_syscall_filter() -> None:
-    """Deny the kernel interfaces sample code never needs (``syscall_filter``), for good.
-    Needs ``PR_SET_NO_NEW_PRIVS``; raises if the filter did not take effect."""
+
+
+def confine(private_root: bool, swept_scratch: bool) -> None:
+    """The runner's last isolation step, for good. Without a root of its own (no mount
+    namespace) Landlock lets it read only what the interpreter needs and write only
+    beneath its working directory (the current one) and, where teardown sweeps them for
+    the sample's uid (``swept_scratch``), the host's scratch dirs. Then the syscall filter
+    denies the kernel interfaces sample code never needs. Needs ``PR_SET_NO_NEW_PRIVS``."""
+    if not private_root:
+        writable = [os.getcwd(), *(SCRATCH_DIRS if swept_scratch else ())]
+        landlock.restrict_writes_to(writable)
     syscall_filter.install()
+
+
+def confinement_tags(private_root: bool) -> list[str]:
+    """The isolation tags of what ``confine`` puts in force on this machine."""
+    return (landlock.isolation_tags() if not private_root else []) + \
+        syscall_filter.isolation_tags()
