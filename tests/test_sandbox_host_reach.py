@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import json
 import os
 import shutil
 import socket
@@ -35,7 +36,8 @@ from glm5_jax.eval.sandbox_child import filesystem, landlock, linux, minimal_roo
 from hostile_cases.cases import limits_for
 from hostile_cases.host_reach_cases import HOST_REACH_CASES
 from test_sandbox_hostile import (  # noqa: F401 - pytest fixtures, shared setup
-    BENIGN, LIMITS, NOBODY, canary_parent, host_targets, pool, sandbox_uid_processes)
+    BENIGN, LIMITS, NOBODY, HostTargets, canary_parent, copy_for_unprivileged_host,
+    host_targets, interpreter_for, pool, sandbox_uid_processes)
 
 UNNEEDED_HOST_FILES = ("/etc/hostname", "/etc/passwd", "/etc/group", "/etc/os-release",
                        "/usr/lib/os-release", "/etc/hosts", "/etc/resolv.conf",
@@ -150,6 +152,42 @@ def test_host_reach_is_contained(hostile, pool, host_targets, reach_targets):
     assert leftover_processes(pool, reach_targets) == []
     assert pool.run(BENIGN.program, BENIGN.tests).passed
     assert pool.helper_pids() == helpers  # no helper had to be restarted
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start the host as another user")
+def test_unprivileged_host_contains_every_host_reach_case_through_user_namespaces():
+    python = interpreter_for(NOBODY)
+    if python is None:  # as in test_sandbox_hostile's unprivileged-host test
+        pytest.skip("no python3 >= 3.10 that an unprivileged user can execute")
+    targets = HostTargets()
+    reach = ReachTargets([NOBODY], targets.marker)  # the host user's own processes
+    copy = tempfile.mkdtemp(prefix=".glm5-unprivileged-host-", dir=canary_parent())
+    try:
+        targets.assert_reachable_unsandboxed()
+        os.chown(targets.canary_dir, NOBODY, NOBODY)  # the canary is the host user's
+        os.chown(targets.canary, NOBODY, NOBODY)
+        script = os.path.join(os.path.dirname(copy_for_unprivileged_host(copy)),
+                              "unprivileged_host_reach.py")
+        values = {**targets.substitutions(), **reach.substitutions()}
+        completed = subprocess.run(
+            [python, script, json.dumps(values)],
+            user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, text=True,
+            cwd="/", timeout=300, check=False)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        report = json.loads(completed.stdout.splitlines()[-1])
+        targets.assert_intact()
+        reach.assert_intact()
+    finally:
+        reach.close()
+        targets.close()
+        shutil.rmtree(copy)
+    assert report["benign_passed"] == [True, True]
+    if "user-ns" not in report["isolation"]:
+        pytest.skip("this kernel forbids unprivileged user namespaces: weaker fallback only")
+    assert {"minimal-root", "mount-ns", "pid-ns", "net-ns", "private-tmp"} <= \
+        set(report["isolation"]), report["isolation"]
+    assert {name: outcome for name, outcome in report["cases"].items() if outcome[0]} == {}
+    assert len(report["cases"]) == len(HOST_REACH_CASES)
 
 
 VIEW = """\
