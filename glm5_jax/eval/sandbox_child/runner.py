@@ -98,7 +98,7 @@ def _isolate_for_request(limits: SandboxLimits, setup: RunnerSetup) -> None:
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     if setup.shed_user_namespace:
         linux.unshare(linux.CLONE_NEWUSER)
-    privileges.install_syscall_filter()
+    privileges.confine(setup.private_tmp, swept_scratch=setup.uid is not None)
     _fresh_standard_streams()
 
 
