@@ -114,3 +114,63 @@ def test_state_round_trip_counts_running_episodes_as_lost():
     assert restored.take(1, current_version=0) is None  # "half" has 1 of 2 valid: dropped
     assert not restored.add(make_trajectory("done", 0))  # seen before the restart
     restored.check_invariants()
+
+
+def coordinator_ids(prefix: str, order: int, group: int, group_size: int) -> tuple[str, list[str]]:
+    """Ids as the coordinator makes them: r<resume>o<order>g<group>, episodes e<index>."""
+    group_id = f"{prefix}o{order}g{group}"
+    return group_id, [f"{group_id}e{i}" for i in range(group_size)]
+
+
+def run_orders(buffer: TrajectoryBuffer, prefix: str, orders: range) -> None:
+    """Dispatch, file and take two groups per order."""
+    for order in orders:
+        for group in range(2):
+            group_id, episode_ids = coordinator_ids(prefix, order, group, buffer.group_size)
+            buffer.expect(group_id, episode_ids)
+            for episode_id in episode_ids:
+                assert buffer.add(Trajectory(episode_id, group_id, "task", [Turn([5], [7], [-0.5], 0, 1.0)],
+                                             {"correct": 1.0}, passed=True))
+        assert len(buffer.take(2, current_version=0)) == 2
+
+
+def test_state_stays_bounded_over_many_orders_and_still_refuses_duplicates():
+    buffer = TrajectoryBuffer(group_size=2, max_staleness=0, capacity_groups=4)
+    run_orders(buffer, "r0", range(10))
+    size_after_10 = len(json.dumps(buffer.state_dict()))
+    run_orders(buffer, "r0", range(10, 2000))
+    state = json.loads(json.dumps(buffer.state_dict()))
+    # 4000 consumed episodes later the state has only grown by the digits of the counters it
+    # holds (the old one kept each of the 8000 ids: ~80 kB).
+    assert buffer.accounting.consumed == 8000
+    assert len(json.dumps(state)) <= size_after_10 + 16
+    assert state["dispatched_up_to"] == {"r#o#g#": [0, 1999, 1]}
+
+    # One group left open across the save: one episode filed, one running.
+    open_id, open_episodes = coordinator_ids("r0", 2000, 0, 2)
+    buffer.expect(open_id, open_episodes)
+    assert buffer.add(Trajectory(open_episodes[0], open_id, "task", [Turn([5], [7], [-0.5], 0, 1.0)], {}))
+    restored = TrajectoryBuffer(group_size=2, max_staleness=0, capacity_groups=4)
+    restored.load_state_dict(json.loads(json.dumps(buffer.state_dict())))
+    duplicates = restored.accounting.duplicates
+    consumed_id, consumed_episodes = coordinator_ids("r0", 5, 1, 2)
+    for group_id, episode_id in [(consumed_id, consumed_episodes[0]),  # trained on long ago
+                                 (open_id, open_episodes[0]),  # filed before the save
+                                 (open_id, open_episodes[1])]:  # running at the save: lost
+        late = Trajectory(episode_id, group_id, "task", [Turn([5], [7], [-0.5], 0, 1.0)], {})
+        assert not restored.add(late), episode_id
+    assert restored.accounting.duplicates == duplicates + 3
+    for order in (5, 1999, 2000):  # a re-dispatched group id: its episodes could be filed again
+        with pytest.raises(ValueError, match="not after"):
+            restored.expect(*coordinator_ids("r0", order, 0, 2))
+    restored.expect(*coordinator_ids("r1", 0, 0, 2))  # the next resume's ids come after
+    restored.check_invariants()
+
+
+def test_dispatch_order_is_by_numbers_within_a_shape():
+    buffer = TrajectoryBuffer(group_size=1, max_staleness=0, capacity_groups=100)
+    for group_id in ("r0o9g0", "r0o9g1", "r0o10g0", "r1o0g0", "warmup", "x2"):
+        buffer.expect(group_id, [f"{group_id}e0"])
+    for group_id in ("r0o9g1", "r0o10g0", "r1o0g0", "r0o11g0", "warmup", "x1"):
+        with pytest.raises(ValueError, match=f"group {group_id} is not after"):
+            buffer.expect(group_id, [f"{group_id}e0"])

@@ -16,6 +16,14 @@ Why each rule:
   buffered`` at all times, and ``dispatched = generated + lost + running`` (``lost``: episodes
   whose worker died before returning them). An episode id that arrives twice is ignored and
   counted as a duplicate, never trained on twice.
+* **Bounded memory of the past.** An episode is filed only while its group is open and the
+  episode is still outstanding in it; filing or losing it removes it from there, and a group
+  leaves the buffer when it is taken or dropped. So an episode can be filed twice only if its
+  group id were dispatched twice. Instead of every id ever seen (which grew without bound in
+  every checkpoint), the buffer keeps, per id *shape* (the id with its numbers taken out:
+  ``r1o17g0`` has shape ``r#o#g#``), the highest numbers dispatched, and refuses a group whose
+  numbers, read left to right, do not exceed them. The coordinator's ids
+  (``r<resume>o<order>g<group>``) increase with every dispatch and across resumes.
 
 Single-threaded by design: the coordinator owns it behind one lock.
 """
@@ -24,11 +32,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from typing import Any
 
 from glm5_jax.rl.trajectory import Trajectory
 
 DROP_REASONS = ("stale", "env_crashed", "group_too_small")
+_NUMBER = re.compile(r"[0-9]+")
+
+
+def dispatch_position(group_id: str) -> tuple[str, tuple[int, ...]]:
+    """(shape, numbers) of a group id: ``"r1o17g0"`` -> (``"r#o#g#"``, (1, 17, 0))."""
+    return _NUMBER.sub("#", group_id), tuple(int(n) for n in _NUMBER.findall(group_id))
 
 
 @dataclasses.dataclass
@@ -81,7 +96,7 @@ class TrajectoryBuffer:
         self.capacity_groups = capacity_groups
         self.accounting = Accounting()
         self._groups: dict[str, _Group] = {}  # not yet handed out, in dispatch order
-        self._seen: set[str] = set()
+        self._dispatched_up_to: dict[str, tuple[int, ...]] = {}  # id shape -> highest numbers
 
     # Producers ------------------------------------------------------------------------------
     def room(self) -> int:
@@ -93,19 +108,22 @@ class TrajectoryBuffer:
         if len(episode_ids) != self.group_size:
             raise ValueError(f"group {group_id} has {len(episode_ids)} episodes; group_size is "
                              f"{self.group_size}")
-        if group_id in self._groups:
-            raise ValueError(f"group {group_id} was already dispatched")
+        shape, numbers = dispatch_position(group_id)
+        highest = self._dispatched_up_to.get(shape)
+        if highest is not None and numbers <= highest:
+            raise ValueError(f"group {group_id} is not after the last group of its shape {shape!r} "
+                             f"(numbers {list(highest)}): it may have been dispatched already. Group "
+                             "ids must increase, their numbers read left to right")
+        self._dispatched_up_to[shape] = numbers
         self._groups[group_id] = _Group(group_id, self.group_size, outstanding=set(episode_ids))
         self.accounting.dispatched += len(episode_ids)
 
     def add(self, trajectory: Trajectory) -> bool:
         """File a finished episode; False if it was a duplicate or its group is unknown."""
         group = self._groups.get(trajectory.group_id)
-        if trajectory.episode_id in self._seen or group is None \
-                or trajectory.episode_id not in group.outstanding:
-            self.accounting.duplicates += 1
+        if group is None or trajectory.episode_id not in group.outstanding:
+            self.accounting.duplicates += 1  # filed, lost, or its group taken or dropped
             return False
-        self._seen.add(trajectory.episode_id)
         group.outstanding.discard(trajectory.episode_id)
         self.accounting.generated += 1
         if trajectory.env_crashed:
@@ -121,7 +139,6 @@ class TrajectoryBuffer:
         if group is None or episode_id not in group.outstanding:
             return
         group.outstanding.discard(episode_id)
-        self._seen.add(episode_id)
         group.invalid += 1
         self.accounting.lost += 1
 
@@ -200,13 +217,15 @@ class TrajectoryBuffer:
                 "buffer/groups_dropped": a.groups_dropped}
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-safe: accounting and the buffered samples (running episodes are not saved)."""
+        """JSON-safe: accounting, the buffered samples and the dispatch high-water marks (running
+        episodes are not saved). Its size is bounded by the buffer's capacity."""
         return {"accounting": dataclasses.asdict(self.accounting),
                 "groups": [{"group_id": g.group_id, "size": g.size, "invalid": g.invalid,
                             "outstanding": sorted(g.outstanding),
                             "valid": [t.to_dict() for t in g.valid]}
                            for g in self._groups.values()],
-                "seen": sorted(self._seen)}
+                "dispatched_up_to": {shape: list(numbers)
+                                     for shape, numbers in self._dispatched_up_to.items()}}
 
     def load_state_dict(self, state: dict[str, Any], lose_outstanding: bool = True) -> None:
         """Restore; episodes that were running at save time died with the old workers, so by
@@ -214,9 +233,14 @@ class TrajectoryBuffer:
         fields = dict(state["accounting"])
         fields["dropped"] = {**{r: 0 for r in DROP_REASONS}, **fields["dropped"]}
         self.accounting = Accounting(**fields)
-        self._seen = set(state["seen"])
+        # Checkpoints written before the marks held every seen id instead: their buffered groups
+        # still set the marks, and a resumed run dispatches under a new prefix anyway.
+        self._dispatched_up_to = {shape: tuple(numbers) for shape, numbers
+                                  in state.get("dispatched_up_to", {}).items()}
         self._groups = {}
         for g in state["groups"]:
+            shape, numbers = dispatch_position(g["group_id"])
+            self._dispatched_up_to[shape] = max(numbers, self._dispatched_up_to.get(shape, numbers))
             self._groups[g["group_id"]] = _Group(
                 g["group_id"], g["size"], [Trajectory.from_dict(t) for t in g["valid"]],
                 g["invalid"], set(g["outstanding"]))
