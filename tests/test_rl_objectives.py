@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from glm5_jax.rl.advantages import group_advantages
-from glm5_jax.rl.credit_assignment import discounted_turn_returns, turn_advantages
+from glm5_jax.rl.credit_assignment import (discounted_turn_returns, repair_discounted_rewards,
+                                           turn_advantages, turn_returns)
 from glm5_jax.rl.objectives import (decoupled_loss, direct_double_sided_loss, double_sided_mask,
                                     policy_objective, reference_kl, truncated_is_loss)
 
@@ -142,3 +143,28 @@ def test_turn_advantages_use_the_episode_baseline():
     np.testing.assert_allclose(out[2], (c - mean) / std, rtol=1e-6)
     assert out[1][0] > out[0][0]  # passing at once beats needing a repair
     np.testing.assert_array_equal(turn_advantages([np.zeros(2), np.zeros(1)])[0], 0.0)
+
+
+def test_a_repaired_pass_earns_less_than_a_first_try_pass():
+    gamma = 0.5
+    np.testing.assert_allclose(repair_discounted_rewards([0.0, 0.0, 1.0], gamma), [0.0, 0.0, 0.25])
+    # Turn j's reward is worth gamma^(j-1), then credited back gamma per turn.
+    np.testing.assert_allclose(turn_returns([0.2, 0.0, 1.0], gamma),
+                               [0.2 + 0.5 * 0.0 + 0.25 * 0.25, 0.5 * 0.0 + 0.5 * 0.25, 0.25])
+    first_try = turn_returns([1.0], gamma)  # R
+    repaired = turn_returns([0.0, 1.0], gamma)  # [gamma^2 R, gamma R]
+    never = turn_returns([0.0, 0.0], gamma)
+    np.testing.assert_allclose(first_try, [1.0])
+    np.testing.assert_allclose(repaired, [0.25, 0.5])
+    advantages = turn_advantages([first_try, repaired, never])
+    # The repair earns less than a first-try pass, more than the failed attempt before it,
+    # which still earns more than an episode that never passed.
+    assert advantages[0][0] > advantages[1][1] > advantages[1][0] > advantages[2][0]
+    assert advantages[1][1] > 0 > advantages[1][0]
+    # Two passing samples, one needing a repair, are no longer "the same outcome": the
+    # first-try pass is preferred (the undiscounted returns gave both 1 and no signal).
+    both_pass = turn_advantages([turn_returns([1.0], gamma), turn_returns([0.0, 1.0], gamma)])
+    assert both_pass[0][0] > 0 > both_pass[1][1]
+    np.testing.assert_allclose(turn_returns([0.0, 1.0], 1.0), [1.0, 1.0])  # gamma=1: no discount
+    with pytest.raises(ValueError, match="gamma=1.5"):
+        turn_returns([1.0], 1.5)
