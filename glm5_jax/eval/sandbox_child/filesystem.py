@@ -70,8 +70,7 @@ def _enter_minimal_root(namespaces: list[str]) -> list[str]:
     """
     proc_from_host = "user-ns" in namespaces or "pid-ns" not in namespaces
     try:
-        plan = minimal_root.plan_root(minimal_root.shown_host_paths(), proc_from_host)
-        minimal_root.build_and_enter(plan)
+        minimal_root.build_and_enter(minimal_root.plan_for_this_process(proc_from_host))
     except OSError:
         return []
     return ["minimal-root", "read-only-root"]

@@ -17,13 +17,14 @@ itself need not, and does not, appear.
 
 Planning reads the host tree; every source is pinned with an ``O_PATH`` descriptor
 before the first mount, so the build's own mounts (the new root is built on /tmp)
-cannot redirect it.
+cannot redirect it. The plan is made once per worker, when the zygote imports this
+module, and made again in a sandbox only if the interpreter has since loaded a shared
+object from a directory the plan does not show.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import re
 import struct
@@ -70,14 +71,19 @@ def shown_host_paths() -> list[str]:
     loader's cache. Never a package directory (site-packages, dist-packages)."""
     paths = [entry for entry in sys.path if os.path.isabs(entry) and os.path.exists(entry)
              and _covered(os.path.realpath(entry), list(STDLIB_DIRS))]
-    executable = os.path.realpath(sys.executable)
-    paths.append(executable)
-    loader = program_interpreter(executable)
-    if loader:
-        paths.append(loader)
-    paths += sorted(loaded_shared_object_dirs())
-    paths += SYSTEM_FILES
+    paths += [*_INTERPRETER_FILES, *sorted(loaded_shared_object_dirs()), *SYSTEM_FILES]
     return [path for path in paths if os.path.exists(path) and not _inside_package_dir(path)]
+
+
+def plan_for_this_process(proc_from_host: bool) -> RootPlan:
+    """The plan for what this process has loaded: the one made at import if it shows the
+    directory of every shared object loaded since (all that can have changed), else a
+    fresh one."""
+    if _PLAN_AT_IMPORT is not None and loaded_shared_object_dirs() <= _PLAN_AT_IMPORT[0]:
+        plan = _PLAN_AT_IMPORT[1]
+    else:
+        plan = plan_root(shown_host_paths(), proc_from_host=False)
+    return dataclasses.replace(plan, proc_from_host=proc_from_host)
 
 
 def loaded_shared_object_dirs() -> set[str]:
@@ -160,9 +166,6 @@ def build_and_enter(plan: RootPlan) -> None:
     try:
         linux.detach_mount(".")  # the old root, stacked on the new one by pivot_root(".", ".")
         os.chdir("/")
-        read_only = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_NOSUID
-        linux.mount(None, "/dev", None, read_only | linux.MS_NOEXEC)
-        linux.mount(None, "/", None, read_only | linux.MS_NODEV)
     except OSError as exc:  # not OSError: there is no falling back from here
         raise RuntimeError(f"the sample's root is half built: {exc}") from exc
 
@@ -172,7 +175,7 @@ def _populate(root: str, plan: RootPlan, pinned: dict[str, int], devices: dict[s
     def inside(path: str) -> str:
         return root + path
 
-    for directory in MOUNT_POINTS:
+    for directory in (*MOUNT_POINTS, "/dev"):
         os.makedirs(inside(directory), 0o755, exist_ok=True)
     os.chmod(inside("/var"), PASS_THROUGH_MODE)
     for directory in sorted(plan.directories, key=len):
@@ -182,30 +185,30 @@ def _populate(root: str, plan: RootPlan, pinned: dict[str, int], devices: dict[s
         os.makedirs(inside(os.path.dirname(path)), PASS_THROUGH_MODE, exist_ok=True)
         os.symlink(target, inside(path))
     for real in plan.binds:
-        _bind(pinned[real], inside(real), os.path.isdir(real), _BIND_ATTRIBUTES)
+        _bind(pinned[real], inside(real), os.path.isdir(real))
     for package_dir in plan.masks:
         linux.mount("tmpfs", inside(package_dir), "tmpfs",
                     linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
                     "size=4k,nr_inodes=1,mode=0555")
-    os.mkdir(inside("/dev"))
+    linux.make_tree_read_only(root, _BIND_ATTRIBUTES)  # the root tmpfs and every bind in it
     linux.mount("tmpfs", inside("/dev"), "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, DEV_OPTIONS)
     for name, fd in devices.items():
-        _bind(fd, inside(f"/dev/{name}"), False, _DEVICE_ATTRIBUTES)
+        _bind(fd, inside(f"/dev/{name}"), False)
     for name, target in DEV_LINKS:
         os.symlink(target, inside(f"/dev/{name}"))
     os.mkdir(inside("/dev/shm"))
+    linux.make_tree_read_only(inside("/dev"), _DEVICE_ATTRIBUTES)  # devices stay devices
     if proc is not None:
         linux.bind_mount(f"/proc/self/fd/{proc}", inside("/proc"))
 
 
-def _bind(fd: int, target: str, is_directory: bool, attributes: int) -> None:
+def _bind(fd: int, target: str, is_directory: bool) -> None:
     if is_directory:
         os.makedirs(target, PASS_THROUGH_MODE, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target), PASS_THROUGH_MODE, exist_ok=True)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o400))
     linux.bind_mount(f"/proc/self/fd/{fd}", target)
-    linux.make_tree_read_only(target, attributes)
 
 
 def _resolve(path: str, plan: RootPlan) -> str:
@@ -246,10 +249,41 @@ def _inside_package_dir(path: str) -> bool:
 
 
 def _package_dirs_under(directory: str) -> list[str]:
+    """``site-packages``/``dist-packages`` in ``directory``, in its ``python*``
+    subdirectories, and in ``lib/python*`` (one listing of each directory)."""
     found = []
-    for name in PACKAGE_DIRS:
-        for pattern in (name, f"python*/{name}", f"lib/python*/{name}"):
-            for path in glob.glob(os.path.join(glob.escape(directory), pattern)):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    found.append(path)
+    for parent in [directory, *_python_dirs(directory),
+                   *_python_dirs(os.path.join(directory, "lib"))]:
+        for name in PACKAGE_DIRS:
+            path = os.path.join(parent, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                found.append(path)
     return sorted(found)
+
+
+def _python_dirs(directory: str) -> list[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return [entry.path for entry in entries if entry.name.startswith("python")
+                    and entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _interpreter_files() -> list[str]:
+    executable = os.path.realpath(sys.executable)
+    loader = program_interpreter(executable)
+    return [executable, loader] if loader else [executable]
+
+
+def _plan_at_import() -> tuple[set[str], RootPlan] | None:
+    try:
+        shown = shown_host_paths()
+        return set(shown), plan_root(shown, proc_from_host=False)
+    except OSError:  # e.g. no /proc: planned in each sandbox instead (and refused there)
+        return None
+
+
+# Made once, when the zygote imports this module, for every sandbox it forks.
+_INTERPRETER_FILES = _interpreter_files()
+_PLAN_AT_IMPORT = _plan_at_import()
