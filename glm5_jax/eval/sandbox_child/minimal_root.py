@@ -44,7 +44,7 @@ MOUNT_POINTS = ("/proc", "/tmp", "/var/tmp")  # filled later: private /proc, scr
 # Read by the dynamic loader (library lookup) and by setlocale for LANG=C.UTF-8.
 SYSTEM_FILES = ("/etc/ld.so.cache", "/usr/lib/locale/C.utf8")
 PACKAGE_DIRS = ("site-packages", "dist-packages")
-_SHARED_OBJECT = re.compile(r"\.so(\.[0-9.]+)?$")
+_MAPPED_SHARED_OBJECT = re.compile(r" (/[^\n]*\.so(?:\.[0-9.]+)?)$", re.MULTILINE)
 _BIND_ATTRIBUTES = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
 _DEVICE_ATTRIBUTES = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NOEXEC
 MAX_SYMLINKS = 40
@@ -87,15 +87,8 @@ def plan_for_this_process(proc_from_host: bool) -> RootPlan:
 
 
 def loaded_shared_object_dirs() -> set[str]:
-    directories = set()
     with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith("/"):
-                path = fields[5].rstrip("\n")
-                if _SHARED_OBJECT.search(path):
-                    directories.add(os.path.dirname(path))
-    return directories
+        return {os.path.dirname(path) for path in _MAPPED_SHARED_OBJECT.findall(maps.read())}
 
 
 def program_interpreter(executable: str) -> str | None:
