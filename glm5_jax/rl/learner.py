@@ -1,9 +1,18 @@
-"""The learner: a sharded train state and one jitted, ahead-of-time compiled policy update.
+"""The learner: a sharded train state and one jitted, ahead-of-time compiled step per batch.
 
 The state is laid out by the mesh's logical rules (``glm5_jax.sharding``): parameters shard
 as the model declares, optimizer moments follow their parameters, the batch shards over the
-data axes. One update per batch, so the *proximal* policy of the decoupled objective is the
-learner's current weights and its log-probs are this forward pass under stop-gradient.
+data axes.
+
+One step consumes one batch in ``minibatches * ppo_epochs`` optimizer updates (config fields;
+both default to 1). With more than one, the batch's log-probs under the weights the learner
+held when it arrived are computed once, before the first update, and are the *proximal*
+policy of AReaL's decoupled objective for every update of the batch: its clipped ratio
+pi_theta / pi_prox is 1 on the first update and moves away from 1 as the updates move the
+weights. With a single update the proximal policy *is* the current one, so its log-probs are
+that update's own forward pass under stop-gradient; the decoupled objective is refused there
+(its clip could never act). Minibatch k holds rows k, k + minibatches, ...: each device keeps
+its own rows of the data-sharded batch.
 
 Frozen during RL (``config.frozen_params``, matched against parameter paths): the DSA
 lightning indexer, which the GLM-5 paper found makes RL unstable when trained, and the MTP
@@ -26,40 +35,38 @@ from flax import struct
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import GLM5Model, logical_partition_specs
-from glm5_jax.rl.batching import BATCH_KEYS
+from glm5_jax.rl.batching import BATCH_KEYS, INTEGER_KEYS
 from glm5_jax.rl.objectives import policy_objective, reference_kl
+from glm5_jax.rl.optimizer import make_rl_optimizer, reset_moments
 from glm5_jax.sharding import activate, batch_sharding, logical_shardings, make_mesh
+from glm5_jax.train.losses import masked_mean
 
 
 @struct.dataclass
 class LearnerState:
-    step: jax.Array
+    step: jax.Array  # batches trained on (the optimizer's own count is its updates)
     params: Any
     opt_state: Any
     routing: Any
     reference_params: Any  # the warm-start weights, for the optional KL; {} when unused
 
 
-def _path_string(path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
-def trainable_labels(params: Any, frozen_patterns: tuple[str, ...]) -> Any:
-    """"frozen" for parameters whose path contains any pattern, else "trainable"."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if any(p in _path_string(path) for p in frozen_patterns)
-        else "trainable", params)
-
-
-def make_rl_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
-    """AdamW on trainable parameters (no decay on vectors: norms), zero updates on frozen ones."""
-    decay_mask = jax.tree.map(lambda p: p.ndim >= 2, params)
-    adamw = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adamw(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2,
-                    eps=config.adam_eps, weight_decay=config.weight_decay, mask=decay_mask))
-    labels = trainable_labels(params, tuple(config.frozen_params))
-    return optax.multi_transform({"trainable": adamw, "frozen": optax.set_to_zero()}, labels)
+def updates_per_batch(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(minibatches, ppo_epochs) of the config, checked against the batch and the objective."""
+    minibatches, epochs = config.get("minibatches", 1), config.get("ppo_epochs", 1)
+    rows = config.groups_per_batch * config.group_size
+    divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+    if minibatches not in divisors:
+        raise ValueError(f"minibatches={minibatches} must divide the batch's rows (groups_per_batch"
+                         f" * group_size = {rows}); allowed: {divisors}")
+    if epochs < 1:
+        raise ValueError(f"ppo_epochs={epochs} must be >= 1")
+    if config.objective == "decoupled" and minibatches * epochs == 1:
+        raise ValueError(
+            "objective='decoupled' needs more than one update per batch (minibatches * ppo_epochs"
+            " > 1): with one update the proximal policy is the current one and the clipped ratio "
+            f"is always 1. Set minibatches to one of {divisors[1:]} or ppo_epochs >= 2")
+    return minibatches, epochs
 
 
 def token_logprobs(model: GLM5Model, params, routing, input_ids, targets, temperature: float):
@@ -69,40 +76,107 @@ def token_logprobs(model: GLM5Model, params, routing, input_ids, targets, temper
     return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0], log_probs
 
 
-def rl_train_step(state: LearnerState, batch: dict[str, jax.Array], *, model: GLM5Model,
-                  optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict):
+def batch_diagnostics(logprobs: jax.Array, log_probs: jax.Array, batch: dict[str, jax.Array],
+                      held_version: jax.Array) -> dict[str, jax.Array]:
+    """What the weights the learner held when the batch arrived say about it.
+
+    ``logprob_mismatch``: mean |log pi_learner - log pi_rollout| over the action tokens that the
+    held version itself sampled (``token_versions == held_version``): the same weights on the
+    same tokens, so anything but float noise is a difference between the sampler's and the
+    learner's computation. NaN when no such token is in the batch (``logprob_mismatch_tokens``
+    is then 0).
+    """
     mask = batch["loss_mask"]
-    tokens = jnp.maximum(jnp.sum(mask), 1.0)
+    logprobs = jax.lax.stop_gradient(logprobs)
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    gap = jnp.abs(logprobs - batch["rollout_logprobs"])
+    held = mask * (batch["token_versions"] == held_version)
+    return {"entropy": masked_mean(jax.lax.stop_gradient(entropy), mask),
+            "rollout_logprob_gap": masked_mean(gap, mask),
+            "logprob_mismatch": jnp.sum(gap * held) / jnp.sum(held),
+            "logprob_mismatch_tokens": jnp.sum(held)}
+
+
+def policy_update(state: LearnerState, batch: dict[str, jax.Array],
+                  proximal_logprobs: jax.Array | None, *, model: GLM5Model,
+                  optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict):
+    """One optimizer update on ``batch`` (a whole batch or one minibatch).
+
+    ``proximal_logprobs`` None: this is the batch's only update, so the proximal policy is the
+    current one (its log-probs: this forward pass under stop-gradient).
+    Returns (state, this update's metrics, (log-probs, log-softmax) before the update).
+    """
+    mask = batch["loss_mask"]
 
     def loss_fn(params):
         logprobs, log_probs = token_logprobs(model, params, state.routing, batch["input_ids"],
                                              batch["targets"], config.temperature)
+        proximal = (jax.lax.stop_gradient(logprobs) if proximal_logprobs is None
+                    else proximal_logprobs)
         out = policy_objective(
             config.objective, logprobs, batch["rollout_logprobs"], batch["advantages"], mask,
-            eps_low=config.is_eps_low, eps_high=config.is_eps_high,
-            proximal_logprobs=jax.lax.stop_gradient(logprobs), clip_eps=config.clip_eps,
-            behaviour_weight_cap=config.behaviour_weight_cap,
+            eps_low=config.is_eps_low, eps_high=config.is_eps_high, proximal_logprobs=proximal,
+            clip_eps=config.clip_eps, behaviour_weight_cap=config.behaviour_weight_cap,
             truncation_cap=config.truncation_cap)
         loss = out.loss
         metrics = {"objective": out.loss, "is_kept_fraction": out.kept_fraction,
-                   "mean_is_ratio": out.mean_ratio}
+                   "mean_is_ratio": out.mean_ratio,
+                   # mean |log pi_theta - log pi_prox|: 0 on a batch's first update, > 0 after.
+                   "proximal_drift": masked_mean(
+                       jnp.abs(jax.lax.stop_gradient(logprobs) - proximal), mask)}
         if config.kl_coef > 0:
             reference, _ = token_logprobs(model, state.reference_params, state.routing,
                                           batch["input_ids"], batch["targets"], config.temperature)
             kl = reference_kl(logprobs, reference, mask)
             loss = loss + config.kl_coef * kl
             metrics["kl_to_reference"] = kl
-        entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-        metrics["entropy"] = jnp.sum(jax.lax.stop_gradient(entropy) * mask) / tokens
-        metrics["rollout_logprob_gap"] = jnp.sum(
-            jnp.abs(jax.lax.stop_gradient(logprobs) - batch["rollout_logprobs"]) * mask) / tokens
-        return loss, metrics
+        return loss, (metrics, logprobs, log_probs)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (metrics, logprobs, log_probs)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(params=params, opt_state=opt_state), metrics, (logprobs, log_probs)
+
+
+def minibatch_rows(x: jax.Array, minibatches: int) -> jax.Array:
+    """[rows, ...] -> [minibatches, rows / minibatches, ...]; minibatch k = rows k::minibatches."""
+    return x.reshape(x.shape[0] // minibatches, minibatches, *x.shape[1:]).swapaxes(0, 1)
+
+
+def rl_train_step(state: LearnerState, batch: dict[str, jax.Array], held_version: jax.Array, *,
+                  model: GLM5Model, optimizer: optax.GradientTransformation,
+                  config: ml_collections.ConfigDict):
+    """Train on one batch. ``held_version``: the published policy version whose weights the
+    learner holds (-1: none, they are newer than the last push).
+
+    Returns (state, metrics): the batch's diagnostics as scalars, each update's metrics as
+    [updates] arrays in update order (epoch-major).
+    """
+    minibatches, epochs = updates_per_batch(config)
+    step = dict(model=model, optimizer=optimizer, config=config)
+    if minibatches * epochs == 1:
+        state, metrics, (logprobs, log_probs) = policy_update(state, batch, None, **step)
+        per_update = {name: value[None] for name, value in metrics.items()}
+    else:
+        logprobs, log_probs = token_logprobs(model, state.params, state.routing,
+                                             batch["input_ids"], batch["targets"], config.temperature)
+        stacked = {k: minibatch_rows(v, minibatches) for k, v in batch.items()}
+        stacked["proximal_logprobs"] = minibatch_rows(jax.lax.stop_gradient(logprobs), minibatches)
+
+        def one_update(state, minibatch):
+            arrays = {k: v for k, v in minibatch.items() if k != "proximal_logprobs"}
+            state, metrics, _ = policy_update(state, arrays, minibatch["proximal_logprobs"], **step)
+            return state, metrics
+
+        def one_epoch(state, _):
+            return jax.lax.scan(one_update, state, stacked)
+
+        state, per_update = jax.lax.scan(one_epoch, state, None, length=epochs)
+        per_update = {name: value.reshape(-1) for name, value in per_update.items()}
+    diagnostics = batch_diagnostics(logprobs, log_probs, batch, held_version)
+    return state.replace(step=state.step + 1), {**diagnostics, **per_update}
 
 
 class Learner:
@@ -110,6 +184,7 @@ class Learner:
 
     def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig,
                  variables: dict[str, Any]) -> None:
+        updates_per_batch(config)  # refuse a bad schedule before compiling anything
         self.config = config
         self.model = GLM5Model(model_config)
         self.mesh = make_mesh(config.mesh)
@@ -126,18 +201,21 @@ class Learner:
         self.batch_shardings = {k: batch_sharding(self.mesh) for k in BATCH_KEYS}
         rows = config.groups_per_batch * config.group_size
         specs = {k: jax.ShapeDtypeStruct((rows, config.seq_len),
-                                         jnp.int32 if k in ("input_ids", "targets") else jnp.float32)
+                                         jnp.int32 if k in INTEGER_KEYS else jnp.float32)
                  for k in BATCH_KEYS}
         step = jax.jit(
-            lambda state, batch: rl_train_step(state, batch, model=self.model,
-                                               optimizer=self.optimizer, config=config),
-            in_shardings=(self.state_shardings, self.batch_shardings),
+            lambda state, batch, held_version: rl_train_step(
+                state, batch, held_version, model=self.model, optimizer=self.optimizer,
+                config=config),
+            in_shardings=(self.state_shardings, self.batch_shardings, None),
             out_shardings=(self.state_shardings, None), donate_argnums=(0,))
         start = time.perf_counter()
         with activate(self.mesh):
-            self._step = step.lower(self.state, specs).compile()
+            self._step = step.lower(self.state, specs, jax.ShapeDtypeStruct((), jnp.int32)).compile()
         self.compile_seconds = time.perf_counter() - start
-        self._reset_opt = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)
+        self._reset_moments = jax.jit(
+            lambda params, opt_state: reset_moments(self.optimizer, opt_state, params),
+            out_shardings=self.state_shardings.opt_state, donate_argnums=(1,))
 
     @property
     def step(self) -> int:
@@ -147,13 +225,31 @@ class Learner:
     def variables(self) -> dict[str, Any]:
         return {"params": self.state.params, "routing": self.state.routing}
 
+    def held_policy_version(self) -> int:
+        """The published version these weights are, or -1 if they are newer than the last push.
+
+        The loop publishes the weights after every ``sync_every``-th step as the next version
+        (version 0: the weights before step 1), so after ``step`` steps the learner holds
+        version step / sync_every exactly when sync_every divides step.
+        """
+        every = self.config.sync_every
+        return self.step // every if self.step % every == 0 else -1
+
     def train(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One step; metrics as floats, each update's averaged over the batch's updates.
+        ``logprob_mismatch`` is absent when no token of the batch came from the held version."""
+        held_version = np.int32(self.held_policy_version())
         with activate(self.mesh):
             placed = {k: jax.device_put(batch[k], self.batch_shardings[k]) for k in BATCH_KEYS}
-            self.state, metrics = self._step(self.state, placed)
-        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+            self.state, metrics = self._step(self.state, placed, held_version)
+        out = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
+        if out["logprob_mismatch_tokens"] == 0:
+            del out["logprob_mismatch"]
+        return out
 
     def reset_optimizer(self) -> None:
-        """The paper resets the optimizer state after each weight push."""
+        """The paper resets the optimizer state after each weight push: the moments, not the
+        step counts (``optimizer.reset_moments``)."""
         with activate(self.mesh):
-            self.state = self.state.replace(opt_state=self._reset_opt(self.state.params))
+            self.state = self.state.replace(
+                opt_state=self._reset_moments(self.state.params, self.state.opt_state))
