@@ -389,6 +389,42 @@ def test_shown_host_paths_hold_no_package_directory_or_checkout():
     assert not [p for p in shown if os.path.realpath(p).startswith(checkout + os.sep)]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts in a new mount namespace need root")
+def test_a_refused_pivot_falls_back_to_the_read_only_host_tree():
+    """As on a root on initramfs, where pivot_root is not allowed: the staging mount is
+    removed, the host tree is shown read-only, and the tags do not claim a minimal root."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            linux.unshare(linux.CLONE_NEWNS)
+
+            def refuse(new_root: str, put_old: str) -> None:
+                raise OSError(errno.EINVAL, "pivot_root refused")
+
+            linux.pivot_root = refuse
+            workdir, tags, host_dir = filesystem.prepare_filesystem(["mount-ns"], None, None)
+            try:
+                open(os.path.join(checkout, ".glm5-fallback-probe"), "w")
+                writable = True
+            except OSError as error:
+                writable = error.errno != errno.EROFS
+            with open("/proc/self/mountinfo") as handle:
+                mount_points = [line.split()[4] for line in handle]
+            staging_gone = (mount_points.count("/tmp") == 1  # the scratch tmpfs alone
+                            and not [m for m in mount_points if m.startswith("/tmp/")])
+            fine = (tags == ["read-only-root", "private-tmp"] and host_dir is None
+                    and workdir == filesystem.PRIVATE_WORKDIR and staging_gone
+                    and os.path.isfile(os.path.join(checkout, "setup.py")) and not writable)
+            code = 0 if fine else 3
+        except BaseException:  # noqa: BLE001
+            code = 2
+        os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert not os.path.exists(os.path.join(checkout, ".glm5-fallback-probe"))
+
+
 # -- the filter program, run through a classic BPF interpreter --------------------------
 
 
