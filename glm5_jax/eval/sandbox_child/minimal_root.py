@@ -125,7 +125,7 @@ def plan_root(shown: list[str], proc_from_host: bool) -> RootPlan:
         if not _covered(real, plan.binds):
             plan.binds.append(real)
     plan.directories = [d for d in dict.fromkeys(plan.directories)
-                        if not _covered(d, plan.binds) and d not in plan.binds]
+                        if not _covered(d, plan.binds)]
     plan.symlinks = [(p, t) for p, t in dict.fromkeys(plan.symlinks)
                      if not _covered(p, plan.binds)]
     for bound in plan.binds:

@@ -55,8 +55,6 @@ def drop_privileges(uid: int, gid: int) -> None:
     raise PermissionError("privilege drop is reversible; refusing to run untrusted code")
 
 
-
-
 def confine(private_root: bool, swept_scratch: bool) -> None:
     """The runner's last isolation step, for good. Without a root of its own (no mount
     namespace) Landlock lets it read only what the interpreter needs and write only
