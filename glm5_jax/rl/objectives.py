@@ -8,8 +8,8 @@ recorded token by token when it sampled them) produced. Three corrections are of
   [1 - eps_low, 1 + eps_high] are *masked* (contribute nothing), not clipped: a clipped
   token still pushes with a capped weight, a masked one is treated as too off-policy to trust.
 * ``decoupled`` (AReaL, arXiv:2505.24298): PPO's clipped surrogate around a *proximal* policy
-  (the learner's weights before this update), times the stop-gradient behaviour weight
-  pi_prox / pi_rollout, optionally capped.
+  (the learner's weights before the first of this batch's minibatch updates), times the
+  stop-gradient behaviour weight pi_prox / pi_rollout, optionally capped.
 * ``truncated_is`` (Yao et al., "Your efficient RL framework secretly brings you off-policy
   RL training"): vanilla policy gradient weighted by the stop-gradient min(r, cap).
 
@@ -113,7 +113,7 @@ def policy_objective(name: str, logprobs: jax.Array, rollout_logprobs: jax.Array
     if name == "decoupled":
         if proximal_logprobs is None:
             raise ValueError("objective 'decoupled' needs proximal_logprobs (the learner's "
-                             "log-probs before the update)")
+                             "log-probs before the batch's first update)")
         return decoupled_loss(logprobs, proximal_logprobs, rollout_logprobs, advantages,
                               loss_mask, clip_eps, behaviour_weight_cap)
     if name == "truncated_is":
