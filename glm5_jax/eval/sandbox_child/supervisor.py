@@ -19,7 +19,7 @@ import time
 
 from glm5_jax.eval.sandbox_child import cgroups, filesystem, linux, reaping
 from glm5_jax.eval.sandbox_child.namespaces import enter_namespaces
-from glm5_jax.eval.sandbox_child.privileges import set_oom_score_adj
+from glm5_jax.eval.sandbox_child.privileges import confinement_tags, set_oom_score_adj
 from glm5_jax.eval.sandbox_child.framing import encode_frame, read_exact, read_frame, write_all
 from glm5_jax.eval.sandbox_child.init_process import become_init
 from glm5_jax.eval.sandbox_child.judge import JudgeChannels, JudgeRequest, become_judge
@@ -168,7 +168,8 @@ def _judge(sandbox: PreparedSandbox, request: Request) -> dict:
         watch.drain_output()
         _tear_down(sandbox)
     tags = [*sandbox.namespaces, *sandbox.fs_tags, *watch.extra_isolation, *group_tags,
-            "rlimits", "no-new-privs", "judge-process"]
+            "rlimits", "no-new-privs", "judge-process",
+            *confinement_tags("private-tmp" in sandbox.fs_tags)]
     if sandbox.config.uid is not None:
         tags.append(f"uid={sandbox.config.uid}")
     return {
