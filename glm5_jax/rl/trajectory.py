@@ -1,5 +1,6 @@
 """One episode as the learner sees it: token ids exactly as sampled, their rollout log-probs,
-the policy version of every turn, and the reward terms.
+the policy version of every turn (and of every token, where weights changed mid-turn), and the
+reward terms.
 
 Token in, token out: the policy's tokens are stored as the sampler emitted them and are never
 re-tokenised from text (re-tokenising can merge or split tokens and silently change what the
@@ -22,8 +23,29 @@ class Turn:
     observation_tokens: list[int]  # prompt or feedback; excluded from the loss
     action_tokens: list[int]  # sampled by the policy, EOS included when it ended that way
     action_logprobs: list[float]  # log pi_rollout of each action token, as sampled
-    policy_version: int  # weights that sampled this turn
+    policy_version: int  # weights that sampled this turn (the oldest, if they changed mid-turn)
     reward: float = 0.0  # immediate reward of this turn (the final turn carries the outcome)
+    # The version that sampled each action token, when new weights took over mid-generation
+    # (interruptible generation); None: every token was sampled by ``policy_version``.
+    token_versions: list[int] | None = None
+
+    @property
+    def versions_per_token(self) -> list[int]:
+        if self.token_versions is None:
+            return [self.policy_version] * len(self.action_tokens)
+        return list(self.token_versions)
+
+    @classmethod
+    def sampled(cls, observation_tokens: list[int], action_tokens: list[int], action_logprobs: list[float],
+                token_versions: list[int], reward: float = 0.0) -> "Turn":
+        """A turn from per-token versions: ``policy_version`` is the oldest (staleness is
+        conservative), ``token_versions`` is kept only if they differ."""
+        versions = [int(v) for v in token_versions]
+        if len(versions) != len(action_tokens) or not versions:
+            raise ValueError(f"{len(versions)} token versions for {len(action_tokens)} action tokens")
+        mixed = len(set(versions)) > 1
+        return cls(observation_tokens, action_tokens, action_logprobs, min(versions), reward,
+                   versions if mixed else None)
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from glm5_jax.model.mtp import shift_left
 from glm5_jax.sample.acceptance import verify_drafts
 from glm5_jax.sample.cache import MTP, init_cache
 from glm5_jax.sample.cached_model import CachedGLM5
-from glm5_jax.sample.sampling import Policy, PolicyKind, choose, row_keys
+from glm5_jax.sample.sampling import Policy, PolicyKind, choose, request_keys, token_keys
 
 MAIN_STREAM, DRAFT_STREAM, VERIFY_STREAM = 0, 1, 2
 
@@ -39,6 +39,7 @@ class DecodeState(NamedTuple):
     done: jax.Array  # [b] bool
     steps: jax.Array  # [b] decode/verify steps taken while the row was active
     step: jax.Array  # [] loop iterations so far
+    request_keys: jax.Array  # [b, 2] each row's own key data (sampling.request_keys)
     draft: dict | None  # {"token": [b], "hidden": [b, d], "logits": [b, V]} when speculating
 
 
@@ -63,27 +64,30 @@ def _emit(state: DecodeState, tokens: jax.Array, logprobs: jax.Array, count: jax
                           n_out=n_out, done=done)
 
 
-def _choose_draft(logits, policy, kind, step, stream_offset):
-    keys = row_keys(policy, logits.shape[0], step, DRAFT_STREAM + 8 * stream_offset)
-    return choose(logits, policy, kind, keys)[0]
+def _choose_draft(logits, policy, kind, keys, step, stream_offset):
+    return choose(logits, policy, kind, token_keys(keys, DRAFT_STREAM + 8 * stream_offset, step))[0]
 
 
-def prefill(variables: dict, prompt: jax.Array, lengths: jax.Array, policy: Policy, *, config: ModelConfig,
-            kind: PolicyKind, capacity: int, out_len: int, draft_steps: int = 0,
-            indexer_mode: str = "auto") -> DecodeState:
-    """Run the prompts [b, prompt_len] (right-padded; lengths [b]) and emit the first token."""
+def prefill(variables: dict, prompt: jax.Array, lengths: jax.Array, policy: Policy,
+            keys: jax.Array | None = None, *, config: ModelConfig, kind: PolicyKind, capacity: int,
+            out_len: int, draft_steps: int = 0, indexer_mode: str = "auto") -> DecodeState:
+    """Run the prompts [b, prompt_len] (right-padded; lengths [b]) and emit the first token.
+
+    ``keys``: each row's request key data [b, 2]; default rows 0 .. b - 1 of ``policy.key``.
+    """
     batch, prompt_len = prompt.shape
+    keys = request_keys(policy.key, batch) if keys is None else keys
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch, prompt_len))
     model = CachedGLM5(config, fresh=True, indexer_mode=indexer_mode)
     cache = init_cache(config, batch, capacity, with_mtp=draft_steps > 0)
     last = lengths - 1
     logits, hidden, cache = model.apply(variables, prompt, positions, cache, last)
-    token, logprob = choose(logits, policy, kind, row_keys(policy, batch, 0, MAIN_STREAM))
+    token, logprob = choose(logits, policy, kind, token_keys(keys, MAIN_STREAM, 0))
     state = DecodeState(
         cache=cache, lengths=lengths, next_token=token,
         tokens=jnp.zeros((batch, out_len), jnp.int32), logprobs=jnp.zeros((batch, out_len), jnp.float32),
         n_out=jnp.zeros((batch,), jnp.int32), done=jnp.zeros((batch,), bool),
-        steps=jnp.zeros((batch,), jnp.int32), step=jnp.int32(0), draft=None)
+        steps=jnp.zeros((batch,), jnp.int32), step=jnp.int32(0), request_keys=keys, draft=None)
     state = _emit(state, token[:, None], logprob[:, None], jnp.ones((batch,), jnp.int32), policy)
     if not draft_steps:
         return state
@@ -92,7 +96,7 @@ def prefill(variables: dict, prompt: jax.Array, lengths: jax.Array, policy: Poli
     following = jnp.where(positions == last[:, None], token[:, None], following)
     draft_logits, draft_hidden, cache = model.apply(variables, hidden, following, positions, state.cache, last,
                                                     method=CachedGLM5.mtp_draft)
-    draft = {"token": _choose_draft(draft_logits, policy, kind, 0, 0), "hidden": draft_hidden,
+    draft = {"token": _choose_draft(draft_logits, policy, kind, keys, 0, 0), "hidden": draft_hidden,
              "logits": draft_logits}
     return state._replace(cache=cache, draft=draft)
 
@@ -100,9 +104,11 @@ def prefill(variables: dict, prompt: jax.Array, lengths: jax.Array, policy: Poli
 def _plain_step(variables, state: DecodeState, policy: Policy, config: ModelConfig, kind: PolicyKind,
                 indexer_mode: str) -> DecodeState:
     model = CachedGLM5(config, indexer_mode=indexer_mode)
-    logits, _, cache = model.apply(variables, state.next_token[:, None], state.lengths[:, None], state.cache)
-    token, logprob = choose(logits[:, 0], policy, kind,
-                            row_keys(policy, token_count(state), state.step + 1, MAIN_STREAM))
+    # A finished row reads and writes slot 0 only: it no longer widens the indexer's bucket.
+    positions = jnp.where(state.done, 0, state.lengths)
+    logits, _, cache = model.apply(variables, state.next_token[:, None], positions[:, None], state.cache)
+    # The key of a row's next token depends on its request and that token's index alone.
+    token, logprob = choose(logits[:, 0], policy, kind, token_keys(state.request_keys, MAIN_STREAM, state.n_out))
     active = (~state.done).astype(jnp.int32)
     state = _emit(state._replace(cache=cache), token[:, None], logprob[:, None], active, policy)
     return state._replace(lengths=state.lengths + active, next_token=jnp.where(active > 0, token, state.next_token),
@@ -127,7 +133,7 @@ def _speculative_step(variables, state: DecodeState, policy: Policy, config: Mod
         position = (state.lengths + i - 1)[:, None]
         logits, hidden, mtp_cache = model.apply(variables, hidden[:, None], token[:, None], position, mtp_cache,
                                                 zeros, method=CachedGLM5.mtp_draft)
-        token = _choose_draft(logits, policy, kind, state.step + 1, i)
+        token = _choose_draft(logits, policy, kind, state.request_keys, state.step + 1, i)
         return (mtp_cache, token, hidden), (token, logits)
 
     # Only the drafter's cache rides through the chain: the main cache stays out of this loop.
@@ -142,7 +148,7 @@ def _speculative_step(variables, state: DecodeState, policy: Policy, config: Mod
     target_logits, main_hidden, cache = model.apply(variables, verify_tokens, positions, cache)
     accepted, emitted, logprobs = verify_drafts(
         target_logits, jnp.swapaxes(logits, 0, 1), drafts, policy, kind,
-        row_keys(policy, batch, state.step + 1, VERIFY_STREAM))
+        token_keys(state.request_keys, VERIFY_STREAM, state.step + 1))
     active = (~state.done).astype(jnp.int32)
     count = active * (accepted + 1)
     state = _emit(state._replace(cache=cache), emitted, logprobs, count, policy)
@@ -151,7 +157,7 @@ def _speculative_step(variables, state: DecodeState, policy: Policy, config: Mod
     # length + a) and read its first draft for the next step at p = length + a.
     next_logits, next_hidden, cache = model.apply(variables, main_hidden, emitted, positions, state.cache,
                                                   accepted, method=CachedGLM5.mtp_draft)
-    new_draft = {"token": _choose_draft(next_logits, policy, kind, state.step + 1, draft_steps),
+    new_draft = {"token": _choose_draft(next_logits, policy, kind, state.request_keys, state.step + 1, draft_steps),
                  "hidden": next_hidden, "logits": next_logits}
     keep = active > 0
     new_draft = jax.tree_util.tree_map(

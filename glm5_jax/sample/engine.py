@@ -18,7 +18,7 @@ import numpy as np
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.sample.decode import DecodeState, decode_loop, prefill
-from glm5_jax.sample.sampling import PolicyKind, make_policy
+from glm5_jax.sample.sampling import PolicyKind, make_policy, request_keys
 from glm5_jax.sample.stop import StopCriteria, StopSpec
 
 PROMPT_BUCKET = 8
@@ -94,11 +94,14 @@ def _trim(tokens: np.ndarray, logprobs: np.ndarray, n_out: int, max_new: int, eo
 def run_batch(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]], max_new_tokens: int,
               temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop: StopSpec = None,
               *, eos_token_id=_FROM_CONFIG, tokenizer=None, speculative_steps: int = 0,
-              indexer_mode: str = "auto", mesh=None, min_capacity: int = 0) -> BatchResult:
+              indexer_mode: str = "auto", mesh=None, min_capacity: int = 0,
+              first_request: int = 0) -> BatchResult:
     """``generate`` with decode statistics (mean accepted length for speculative decoding).
 
     ``min_capacity``: allocate at least this many cache positions (a server keeps one capacity
-    for every request, so one compilation serves them all).
+    for every request, so one compilation serves them all). ``first_request``: row i samples
+    as request ``(seed, first_request + i)`` (``sampling.request_keys``), so a long list split
+    into calls draws what one call would, and ``continuous.ContinuousBatcher`` draws the same.
     """
     if speculative_steps and not config.num_mtp_layers:
         raise ValueError(f"speculative_steps={speculative_steps} needs MTP parameters but the config has "
@@ -114,11 +117,12 @@ def run_batch(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[i
     kind = PolicyKind.of(temperature, top_k, top_p)
     policy = make_policy(temperature, top_k, top_p, eos, max_new_tokens, seed)
     prefill_fn, loop_fn = compiled(config, kind, capacity, out_len, draft, indexer_mode, mesh)
+    keys = request_keys(policy.key, len(prompts), first_request)
 
     with _mesh_context(mesh):
         if mesh is not None:
             variables, prompt, lengths = _shard_inputs(config, mesh, variables, prompt, lengths)
-        state: DecodeState = prefill_fn(variables, jnp.asarray(prompt), jnp.asarray(lengths), policy)
+        state: DecodeState = prefill_fn(variables, jnp.asarray(prompt), jnp.asarray(lengths), policy, keys)
         stop_at: dict[int, int] = {}
         chunk = STOP_CHECK_STEPS if criteria else max_new_tokens
         while True:

@@ -82,10 +82,30 @@ def policy_logits(logits: jax.Array, policy: Policy, kind: PolicyKind) -> jax.Ar
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
 
 
-def row_keys(policy: Policy, batch: int, step: jax.Array, stream: int = 0) -> jax.Array:
-    """One key per row for this step: row i's randomness does not depend on the batch size."""
-    base = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(policy.key), stream), step)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(batch))
+def request_keys(key: jax.Array, count: int, first_index: jax.Array | int = 0) -> jax.Array:
+    """Key data [count, 2] of requests ``first_index .. first_index + count - 1`` under a seed's key.
+
+    A request's randomness is its own: row i of a batch seeded ``s`` is the request
+    ``(s, first_index + i)``, and every token it samples is drawn with ``token_keys`` from this
+    key and the token's index. Neither its slot, its batch size nor its companions enter, so a
+    request decoded alone, in a padded batch or in a continuous batch draws the same tokens.
+    """
+    base = jax.random.wrap_key_data(key)
+    indices = jnp.asarray(first_index, jnp.int32) + jnp.arange(count, dtype=jnp.int32)
+    return jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(base, i)))(indices)
+
+
+def request_key(seed: int, index: int = 0) -> jax.Array:
+    """Key data [2] of request ``(seed, index)`` (``request_keys`` of the seed's key, one row)."""
+    return request_keys(jax.random.key_data(jax.random.PRNGKey(seed)), 1, index)[0]
+
+
+def token_keys(keys: jax.Array, stream: int, index: jax.Array) -> jax.Array:
+    """Per-row keys for one draw: request key data [b, 2], a stream (main, draft, verify) and
+    the row's token index (or, for speculative drafts and verification, the step) [b] or []."""
+    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), keys.shape[:1])
+    return jax.vmap(lambda key, i: jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(key), stream), i))(
+        keys, index)
 
 
 def choose(logits: jax.Array, policy: Policy, kind: PolicyKind, keys: jax.Array) -> tuple[jax.Array, jax.Array]:

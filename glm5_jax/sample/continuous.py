@@ -1,0 +1,296 @@
+"""Continuous batching: requests join and leave a running decode batch, weights change between steps.
+
+The batch has a fixed number of *slots* (rows), each with its own range of the latent cache, so
+two compiled program families serve every request mix without recompiling:
+
+* ``admit`` (one compilation per prompt-length bucket): prefill one prompt, write its cache into
+  one slot and its first token into that slot's row; the other slots are untouched. The same
+  program *refills* a running slot's cache from its context (prompt + tokens so far) without
+  touching its tokens, which is how new weights take over a running request.
+* ``decode_chunk`` (one compilation): up to ``steps`` plain decode steps over all slots; a slot
+  that is free or finished does not advance (an active mask, ``DecodeState.done``), and each
+  slot stops at its own ``max_new_tokens`` or EOS.
+
+Python drives the loop between calls: fill free slots from the queue, run a chunk, hand back
+what finished, and swap weights when asked (they are an argument of both programs, so a new
+version costs a transfer, never a compile). Every emitted token is recorded with the version of
+the weights that sampled it. Sampling keys depend on the request ``(seed, index)`` and the
+token's index only (``sampling.request_keys``), so a request draws the same tokens here as row
+``index`` of ``generate(..., seed=seed)``.
+
+On a weight update the caches of running requests were computed by the old weights. By default
+they are recomputed with the new ones (AReaL's interruptible rollout), so each token is drawn
+from the policy its version names given its whole context; ``recompute_on_update=False`` keeps
+them (cheaper; later tokens then come from a mixture the recorded version only approximates).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from glm5_jax.config import ModelConfig
+from glm5_jax.sample.cache import init_cache
+from glm5_jax.sample.decode import DecodeState, decode_loop, prefill
+from glm5_jax.sample.engine import CAPACITY_BUCKET, round_up
+from glm5_jax.sample.sampling import Policy, PolicyKind, make_policy, request_key
+
+_FROM_CONFIG = object()
+DEFAULT_PROMPT_BUCKET = 16  # prompt lengths are padded to a multiple of this (one program each)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One prompt to continue. It samples as request ``(seed, index)``: row ``index`` of
+    ``generate(prompts, seed=seed)`` draws the same tokens. ``tag`` is the caller's handle."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    seed: int = 0
+    index: int = 0
+    tag: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    request: Request
+    token_ids: list[int]
+    logprobs: list[float]
+    token_versions: list[int]  # the weights' version that sampled each token
+    finish_reason: str  # "eos" | "length"
+    submitted_s: float  # time.perf_counter() at submit
+    first_token_s: float  # when the host held the first token
+    finished_s: float  # when the host held the last one
+
+
+class SlotState(NamedTuple):
+    decode: DecodeState  # over all slots
+    max_new: jax.Array  # [slots] each slot's request's max_new_tokens (0 when never used)
+
+
+def _admit(variables: dict, state: SlotState, prompt: jax.Array, length: jax.Array, slot: jax.Array,
+           key: jax.Array, max_new: jax.Array, refill: jax.Array, policy: Policy, *, config: ModelConfig,
+           kind: PolicyKind, indexer_mode: str) -> SlotState:
+    """prompt [1, bucket] (right-padded, ``length`` real tokens) into ``slot``.
+
+    refill False: a new request (cache, first token, row bookkeeping). refill True: only the
+    slot's cache is rebuilt from ``prompt`` (its context), its tokens and counters are kept.
+    """
+    one = prefill(variables, prompt, length[None], policy._replace(max_new_tokens=max_new), key[None],
+                  config=config, kind=kind, capacity=prompt.shape[1], out_len=state.decode.tokens.shape[1],
+                  indexer_mode=indexer_mode)
+    cache = jax.tree_util.tree_map(
+        lambda full, row: jax.lax.dynamic_update_slice(full, row.astype(full.dtype), (0, slot, 0, 0)),
+        state.decode.cache, one.cache)
+
+    def put(rows: jax.Array, new_row: jax.Array) -> jax.Array:
+        return jnp.where(refill, rows, rows.at[slot].set(new_row[0]))
+
+    names = ("lengths", "next_token", "tokens", "logprobs", "n_out", "done", "steps", "request_keys")
+    rows = {name: put(getattr(state.decode, name), getattr(one, name)) for name in names}
+    return SlotState(state.decode._replace(cache=cache, **rows), put(state.max_new, max_new[None]))
+
+
+def _decode_chunk(variables: dict, state: SlotState, policy: Policy, steps: jax.Array, *, config: ModelConfig,
+                  kind: PolicyKind, indexer_mode: str) -> SlotState:
+    """Up to ``steps`` decode steps over every slot (fewer if all are done)."""
+    decode = decode_loop(variables, state.decode, policy._replace(max_new_tokens=state.max_new),
+                         state.decode.step + steps, config=config, kind=kind, indexer_mode=indexer_mode)
+    return state._replace(decode=decode)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_slot_programs(config: ModelConfig, kind: PolicyKind, indexer_mode: str):
+    """(admit, decode_chunk) jitted, both donating the slot state; shapes come from the arguments."""
+    static = {"config": config, "kind": kind, "indexer_mode": indexer_mode}
+    return (jax.jit(functools.partial(_admit, **static), donate_argnums=(1,)),
+            jax.jit(functools.partial(_decode_chunk, **static), donate_argnums=(1,)))
+
+
+def empty_slots(config: ModelConfig, slots: int, capacity: int) -> SlotState:
+    """Every slot free (done); caches zero."""
+    decode = DecodeState(
+        cache=init_cache(config, slots, capacity), lengths=jnp.zeros((slots,), jnp.int32),
+        next_token=jnp.zeros((slots,), jnp.int32), tokens=jnp.zeros((slots, capacity), jnp.int32),
+        logprobs=jnp.zeros((slots, capacity), jnp.float32), n_out=jnp.zeros((slots,), jnp.int32),
+        done=jnp.ones((slots,), bool), steps=jnp.zeros((slots,), jnp.int32), step=jnp.int32(0),
+        request_keys=jnp.zeros((slots, 2), jnp.uint32), draft=None)
+    return SlotState(decode, jnp.zeros((slots,), jnp.int32))
+
+
+@dataclasses.dataclass
+class _Running:
+    request: Request
+    submitted_s: float
+    first_token_s: float = float("nan")
+    versions: list[int] = dataclasses.field(default_factory=list)  # one per token the host has seen
+
+
+class ContinuousBatcher:
+    """A decode batch of ``slots`` rows that requests join and leave between steps.
+
+    ``capacity``: cache positions per slot (a request needs prompt + max_new_tokens of them).
+    ``steps_per_call``: decode steps per device call; a finished slot is refilled after at most
+    this many steps (1: at once; more: less host work per token).
+    """
+
+    def __init__(self, config: ModelConfig, slots: int, capacity: int, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, *, eos_token_id=_FROM_CONFIG, steps_per_call: int = 4,
+                 prompt_bucket: int = DEFAULT_PROMPT_BUCKET, recompute_on_update: bool = True,
+                 indexer_mode: str = "auto") -> None:
+        if slots < 1 or steps_per_call < 1 or prompt_bucket < 1:
+            raise ValueError(f"slots={slots}, steps_per_call={steps_per_call} and prompt_bucket={prompt_bucket} "
+                             "must be >= 1")
+        self.config = config
+        self.slots = slots
+        self.capacity = round_up(capacity, CAPACITY_BUCKET)
+        self.steps_per_call = steps_per_call
+        self.prompt_bucket = prompt_bucket
+        self.recompute_on_update = recompute_on_update
+        eos = config.eos_token_id if eos_token_id is _FROM_CONFIG else eos_token_id
+        self.eos_token_id = eos
+        self.kind = PolicyKind.of(temperature, top_k, top_p)
+        # max_new_tokens is per slot (SlotState.max_new) and the key per request.
+        self.policy = make_policy(temperature, top_k, top_p, eos, self.capacity, seed=0)
+        self._admit, self._decode = compiled_slot_programs(config, self.kind, indexer_mode)
+        self.state = empty_slots(config, slots, self.capacity)
+        self.variables: dict | None = None
+        self.version = 0
+        self.recomputed_tokens = 0  # context tokens re-prefilled after weight updates
+        self._queue: collections.deque[tuple[Request, float]] = collections.deque()
+        self._running: dict[int, _Running] = {}  # slot -> request
+
+    # Requests ---------------------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        prompt_len = len(request.prompt)
+        if prompt_len < 1 or request.max_new_tokens < 1:
+            raise ValueError(f"request {request.tag!r}: prompt of {prompt_len} tokens and max_new_tokens="
+                             f"{request.max_new_tokens} must both be >= 1")
+        if prompt_len + request.max_new_tokens > self.capacity:
+            raise ValueError(f"request {request.tag!r}: prompt {prompt_len} + max_new_tokens "
+                             f"{request.max_new_tokens} exceeds the slot capacity {self.capacity}")
+        ids = np.asarray(request.prompt)
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise ValueError(f"request {request.tag!r} has token ids outside [0, {self.config.vocab_size})")
+        self._queue.append((request, time.perf_counter()))
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._running
+
+    # Weights ----------------------------------------------------------------------------------
+    def set_weights(self, variables: dict, version: int = 0) -> None:
+        """Use ``variables`` from the next call on; with a new version and ``recompute_on_update``
+        the running requests' caches are rebuilt under them first."""
+        self.variables = jax.device_put(variables)
+        changed, self.version = version != self.version, int(version)
+        if changed and self.recompute_on_update and self._running:
+            tokens = np.asarray(self.state.decode.tokens)
+            n_out, done = np.asarray(self.state.decode.n_out), np.asarray(self.state.decode.done)
+            for slot, running in self._running.items():
+                if done[slot]:
+                    continue
+                # The cache holds the prompt and every token but the last (fed by the next step).
+                context = list(running.request.prompt) + tokens[slot, :n_out[slot] - 1].tolist()
+                self._write_slot(slot, context, running.request, refill=True)
+                self.recomputed_tokens += len(context)
+
+    # The loop ---------------------------------------------------------------------------------
+    def step(self) -> list[Completion]:
+        """Fill free slots from the queue, run one chunk of decode steps, return what finished."""
+        if self.variables is None:
+            raise RuntimeError("call set_weights(variables, version) before step()")
+        admitted = self._admit_queued()
+        if not self._running:
+            return []
+        if admitted:  # the first tokens exist once the admissions ran: stamp them
+            n_out = np.asarray(self.state.decode.n_out)
+            now = time.perf_counter()
+            for slot in admitted:
+                self._running[slot].first_token_s = now
+                self._running[slot].versions += [self.version] * int(n_out[slot])
+        self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(self.steps_per_call))
+        n_out, done = np.asarray(self.state.decode.n_out), np.asarray(self.state.decode.done)
+        now = time.perf_counter()
+        finished = []
+        for slot, running in self._running.items():
+            running.versions += [self.version] * (int(n_out[slot]) - len(running.versions))
+            if done[slot]:
+                finished.append(slot)
+        if not finished:
+            return []
+        tokens, logprobs = np.asarray(self.state.decode.tokens), np.asarray(self.state.decode.logprobs)
+        return [self._complete(slot, tokens[slot], logprobs[slot], int(n_out[slot]), now) for slot in finished]
+
+    def run(self, requests: Sequence[Request]) -> list[Completion]:
+        """Submit ``requests``, step until all are done; completions in request order."""
+        for request in requests:
+            self.submit(request)
+        by_request: dict[int, Completion] = {}
+        while not self.idle:
+            for completion in self.step():
+                by_request[id(completion.request)] = completion
+        return [by_request[id(request)] for request in requests]
+
+    def warm_up(self) -> None:
+        """Compile every program (each prompt bucket's admit, the decode chunk) before timing.
+        Slots must be free; the state is reset afterwards."""
+        if self._running or self._queue:
+            raise RuntimeError("warm_up needs an idle batcher")
+        request = Request([0], 1)
+        for bucket in self.buckets():
+            self._write_slot(0, [0] * bucket, request, refill=False)
+        self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(1))
+        jax.block_until_ready(self.state)
+        self.state = empty_slots(self.config, self.slots, self.capacity)
+
+    def buckets(self) -> list[int]:
+        """Prompt (and refill context) lengths that have a program: multiples of prompt_bucket."""
+        return list(range(self.prompt_bucket, self.capacity, self.prompt_bucket)) + [self.capacity]
+
+    # Internals --------------------------------------------------------------------------------
+    def _admit_queued(self) -> list[int]:
+        free = [slot for slot in range(self.slots) if slot not in self._running]
+        admitted = []
+        while free and self._queue:
+            request, submitted = self._queue.popleft()
+            slot = free.pop(0)
+            self._write_slot(slot, list(request.prompt), request, refill=False)
+            self._running[slot] = _Running(request, submitted)
+            admitted.append(slot)
+        return admitted
+
+    def _write_slot(self, slot: int, tokens: list[int], request: Request, refill: bool) -> None:
+        bucket = next(b for b in self.buckets() if b >= len(tokens))
+        padded = np.zeros((1, bucket), np.int32)
+        padded[0, :len(tokens)] = tokens
+        self.state = self._admit(self.variables, self.state, padded, np.int32(len(tokens)), np.int32(slot),
+                                 request_key(request.seed, request.index), np.int32(request.max_new_tokens),
+                                 np.bool_(refill), self.policy)
+
+    def _complete(self, slot: int, tokens: np.ndarray, logprobs: np.ndarray, n_out: int, now: float) -> Completion:
+        running = self._running.pop(slot)
+        keep = min(n_out, running.request.max_new_tokens)
+        reason = "length"
+        if self.eos_token_id is not None:
+            hits = np.flatnonzero(tokens[:keep] == self.eos_token_id)
+            if hits.size:
+                keep, reason = int(hits[0]) + 1, "eos"
+        return Completion(running.request, tokens[:keep].tolist(), logprobs[:keep].tolist(),
+                          running.versions[:keep], reason, running.submitted_s, running.first_token_s, now)
