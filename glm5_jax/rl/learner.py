@@ -158,10 +158,13 @@ def rl_train_step(state: LearnerState, batch: dict[str, jax.Array], held_version
     step = dict(model=model, optimizer=optimizer, config=config)
     if minibatches * epochs == 1:
         state, metrics, (logprobs, log_probs) = policy_update(state, batch, None, **step)
+        diagnostics = batch_diagnostics(logprobs, log_probs, batch, held_version)
         per_update = {name: value[None] for name, value in metrics.items()}
     else:
         logprobs, log_probs = token_logprobs(model, state.params, state.routing,
                                              batch["input_ids"], batch["targets"], config.temperature)
+        # Reduced here, so the [rows, seq, vocab] log-softmax need not live through the updates.
+        diagnostics = batch_diagnostics(logprobs, log_probs, batch, held_version)
         stacked = {k: minibatch_rows(v, minibatches) for k, v in batch.items()}
         stacked["proximal_logprobs"] = minibatch_rows(jax.lax.stop_gradient(logprobs), minibatches)
 
@@ -175,7 +178,6 @@ def rl_train_step(state: LearnerState, batch: dict[str, jax.Array], held_version
 
         state, per_update = jax.lax.scan(one_epoch, state, None, length=epochs)
         per_update = {name: value.reshape(-1) for name, value in per_update.items()}
-    diagnostics = batch_diagnostics(logprobs, log_probs, batch, held_version)
     return state.replace(step=state.step + 1), {**diagnostics, **per_update}
 
 
@@ -183,11 +185,12 @@ class Learner:
     """Owns the state and the compiled step; the loop feeds it numpy batches."""
 
     def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig,
-                 variables: dict[str, Any]) -> None:
+                 variables: dict[str, Any], mesh: jax.sharding.Mesh | None = None) -> None:
         updates_per_batch(config)  # refuse a bad schedule before compiling anything
         self.config = config
         self.model = GLM5Model(model_config)
-        self.mesh = make_mesh(config.mesh)
+        # ``mesh``: the loop's, over the devices config.placement gives the learner.
+        self.mesh = make_mesh(config.mesh) if mesh is None else mesh
         self.optimizer = make_rl_optimizer(config, variables["params"])
         with activate(self.mesh):
             shardings = logical_shardings(self.mesh, logical_partition_specs(self.model))
