@@ -58,6 +58,7 @@ class Accounting:
         default_factory=lambda: {reason: 0 for reason in DROP_REASONS})
     groups_consumed: int = 0
     groups_dropped: int = 0
+    wasted_tokens: int = 0  # action tokens of samples dropped as stale: generated, never trained on
 
     @property
     def dropped_total(self) -> int:
@@ -154,6 +155,8 @@ class TrajectoryBuffer:
             fresh = [t for t in group.valid if t.staleness(current_version) <= self.max_staleness]
             stale = len(group.valid) - len(fresh)
             if stale:
+                self.accounting.wasted_tokens += sum(t.num_action_tokens for t in group.valid) \
+                    - sum(t.num_action_tokens for t in fresh)
                 group.valid, group.invalid = fresh, group.invalid + stale
                 dropped += stale
         self.accounting.dropped["stale"] += dropped
@@ -214,7 +217,7 @@ class TrajectoryBuffer:
                 "buffer/running": self.running, "buffer/dropped": a.dropped_total,
                 **{f"buffer/dropped_{reason}": n for reason, n in a.dropped.items()},
                 "buffer/groups_consumed": a.groups_consumed,
-                "buffer/groups_dropped": a.groups_dropped}
+                "buffer/groups_dropped": a.groups_dropped, "buffer/wasted_tokens": a.wasted_tokens}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-safe: accounting, the buffered samples and the dispatch high-water marks (running

@@ -6,7 +6,9 @@ touches the buffer, under one lock:
 
 * **dispatch**: an idle, warmed-up worker gets an order of ``groups_per_order`` groups (task
   chosen by a seeded RNG, every episode id unique) when the buffer has room for them
-  (back-pressure), or, in lock-step mode, while the round's budget lasts;
+  (back-pressure) and they can be consumed within ``max_staleness`` (``admission``: AReaL's
+  rule, from the learner's version, its batch size and ``sync_every``), or, in lock-step mode,
+  while the round's budget lasts;
 * **collect**: each trajectory goes to the buffer as it arrives (a duplicate is counted, never
   filed twice);
 * **recover**: when a worker dies (SIGKILL, crash, broken pipe), the episodes of its order that
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from glm5_jax.rl.admission import admissible
 from glm5_jax.rl.buffer import AssembledGroup, TrajectoryBuffer
 from glm5_jax.rl.rollout import GroupOrder
 
@@ -37,7 +40,8 @@ class WorkerFailure(RuntimeError):
 class RolloutCoordinator:
     def __init__(self, pool, buffer: TrajectoryBuffer, num_tasks: int, groups_per_order: int,
                  seed: int, max_restarts: int = 20, log: Callable[[str], None] = print,
-                 order_prefix: str = "", lock_step: bool = False) -> None:
+                 order_prefix: str = "", lock_step: bool = False, groups_per_batch: int | None = None,
+                 sync_every: int = 1, staleness_at_admission: bool = True) -> None:
         self.pool = pool
         self.buffer = buffer
         self.num_tasks = num_tasks
@@ -55,6 +59,15 @@ class RolloutCoordinator:
         # Groups left to dispatch this round in lock-step mode; None: as many as the buffer allows.
         self.round_budget: int | None = 0 if lock_step else None
         self.dispatch_enabled = False  # the loop opens the gate when its clock starts
+        # Admission control (``admission``). The batch size is also learnt from ``take``; until
+        # it is known only back-pressure applies. sync_every=1 assumes a push after every step
+        # (safe for any cadence; a larger value admits more when pushes are rarer).
+        self.groups_per_batch = groups_per_batch
+        self.sync_every = sync_every
+        self.staleness_at_admission = staleness_at_admission
+        self._learner_waiting = True  # before its first batch the learner waits with version 0
+        self.admission_held_s = 0.0  # time an idle worker was held back by the staleness rule
+        self._held_since: float | None = None
         self.restarts = 0
         self.worker_busy_s = 0.0
         self.worker_generate_s = 0.0
@@ -122,7 +135,13 @@ class RolloutCoordinator:
             if self.round_budget is not None:
                 groups = min(groups, self.round_budget)
             if groups <= 0 or self.buffer.room() < groups:
+                self._release_hold()
                 return
+            if not self._admits(groups):
+                if self._held_since is None:
+                    self._held_since = time.monotonic()
+                return
+            self._release_hold()
             order_key = f"{self.order_prefix}o{self._orders_sent}"
             orders = []
             for g in range(groups):
@@ -137,6 +156,18 @@ class RolloutCoordinator:
             self._orders_sent += 1
             if self.round_budget is not None:
                 self.round_budget -= groups
+
+    def _admits(self, groups: int) -> bool:
+        if not self.staleness_at_admission or self.groups_per_batch is None:
+            return True
+        pending = self.buffer.capacity_groups - self.buffer.room()  # dispatched, not yet taken
+        return admissible(pending, groups, self.groups_per_batch, self.sync_every,
+                          self.buffer.max_staleness, self._learner_waiting)
+
+    def _release_hold(self) -> None:
+        if self._held_since is not None:
+            self.admission_held_s += time.monotonic() - self._held_since
+            self._held_since = None
 
     def outstanding_by_worker(self) -> dict[int, list[str]]:
         """Episode ids each busy worker still owes (call with ``lock`` held)."""
@@ -160,9 +191,12 @@ class RolloutCoordinator:
         """Block until the buffer yields ``num_groups`` groups (async mode: thread pumps)."""
         deadline = time.monotonic() + timeout_s
         with self.lock:
+            self.groups_per_batch = num_groups
+            self._learner_waiting = True  # the batch being assembled is consumed at ``version``
             while True:
                 groups = self.buffer.take(num_groups, version)
                 if groups is not None:
+                    self._learner_waiting = False
                     return groups
                 if self.failure is not None:
                     raise WorkerFailure(f"the coordinator thread failed: {self.failure!r}")
@@ -218,4 +252,5 @@ class RolloutCoordinator:
                     "workers/generate_s": self.worker_generate_s,
                     "workers/environment_s": self.worker_environment_s,
                     "workers/generated_tokens": self.generated_tokens,
+                    "admission/held_s": self.admission_held_s,
                     "push/worker_load_s": self.policy_load_s}
