@@ -171,11 +171,12 @@ def test_idle_worker_death_loses_nothing_and_restart_limit_raises():
 
 
 # Real processes, one SIGKILLed while it holds episodes --------------------------------------
-def stand_in_worker_main(worker_id, conn, config_json, policy_dir):
+def stand_in_worker_main(worker_id, conn, config_json, scratch_dir):
     """Speaks the worker protocol without a model. The first incarnation of ``hang_worker``
-    returns ``emit_before_hang`` episodes of its first order, writes a marker, and blocks."""
+    returns ``emit_before_hang`` episodes of its first order, writes a marker, and blocks.
+    (``scratch_dir`` arrives where a real worker gets its launch details.)"""
     config = json.loads(config_json)
-    marker = Path(policy_dir) / f"hung_{worker_id}"
+    marker = Path(scratch_dir) / f"hung_{worker_id}"
     conn.send(("ready", {"pid": os.getpid()}))
     try:
         while True:
@@ -202,7 +203,7 @@ class StandInProcessPool(ProcessWorkerPool):
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=stand_in_worker_main, name=f"stand-in-worker-{worker_id}", daemon=True,
-            args=(worker_id, child_end, self._config_json, self._policy_dir))
+            args=(worker_id, child_end, self._config_json, self._launch))
         process.start()
         child_end.close()
         self._processes[worker_id] = process

@@ -98,7 +98,7 @@ def assert_records_consistent(records: list[dict], config, previous: dict | None
         assert 0.0 < record["worker_utilisation"] <= 1.0
         assert record["wall_time"] > 0 and record["tokens_per_s/trained"] > 0
         assert record["workers/generated_tokens"] > 0 and record["tokens_per_s/generated"] > 0
-        assert record["push/bytes"] > 0 and record["learner/grad_norm"] >= 0
+        assert record["weight_sync_bytes"] > 0 and record["learner/grad_norm"] >= 0
         if record["reward"] == 0.0:  # rewards are >= 0: all zero, so every advantage is zero
             assert record["learner/loss"] == 0.0 and record["learner/grad_norm"] == 0.0
         if previous is not None:  # the books only grow, by exactly what the step consumed

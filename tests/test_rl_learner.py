@@ -22,7 +22,12 @@ import pytest
 from glm5_jax import GLM5Model, init_variables
 from glm5_jax.rl.learner import Learner, LearnerState, make_rl_optimizer, rl_train_step
 from glm5_jax.rl.optimizer import is_step_count, reset_moments
-from glm5_jax.rl.policy import PolicyPublisher, PolicySubscriber, policy_model_config
+from glm5_jax.rl.policy import policy_model_config
+from glm5_jax.rl.weight_receiver import WeightReceiver
+from glm5_jax.rl.weight_sender import WeightSender
+from glm5_jax.rl.weight_shards import sharding_by_path
+from glm5_jax.model import logical_partition_specs
+from glm5_jax.sharding import make_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -347,14 +352,22 @@ def test_update_freezes_indexer_and_mtp_and_shards_by_the_rules(tmp_path, policy
     assert moments and all(not np.any(moment) for moment in moments)
     assert jax.tree.map(lambda x: x.sharding, learner.state.opt_state) == learner.state_shardings.opt_state
 
-    # Weight push round trip: a worker reads exactly the learner's weights.
-    publisher = PolicyPublisher(tmp_path)
-    cost = publisher.publish(3, learner.variables)
-    assert cost["push/bytes"] > 0
-    subscriber = PolicySubscriber(tmp_path)
-    assert subscriber.refresh() and subscriber.version == 3 and not subscriber.refresh()
-    np.testing.assert_array_equal(leaves_by_path(subscriber.variables)["['params']['embed_tokens']"],
-                                  np.asarray(learner.state.params["embed_tokens"]))
+    # Weight push round trip: a worker (on 2 devices, tensor-sharded) receives exactly the
+    # learner's weights (tests/test_rl_weight_sync.py checks every leaf, bit for bit).
+    sender = WeightSender(streams=2)
+    worker_mesh = make_mesh("tensor=2", jax.devices()[6:])
+    receiver = WeightReceiver([sender.address], sharding_by_path(worker_mesh, logical_partition_specs(
+        learner.model)), worker_id=0, streams=2)
+    try:
+        sender.publish(3, learner.variables)
+        sender.wait_delivered(3, timeout_s=120)
+        assert receiver.refresh() and receiver.version == 3 and not receiver.refresh()
+        assert sender.metrics()["weight_sync_bytes"] > 0
+        np.testing.assert_array_equal(leaves_by_path(receiver.variables)["['params']['embed_tokens']"],
+                                      np.asarray(learner.state.params["embed_tokens"]))
+    finally:
+        receiver.close()
+        sender.close()
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -32,7 +32,25 @@ def get_config() -> ml_collections.ConfigDict:
     # Special tokens of a checkpoint tokenizer, by name (defaults: glm5_jax.data's tokenizer).
     config.special_tokens = ml_collections.ConfigDict({
         "bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>"})
-    config.mesh = ""  # every local device on the data axis
+    config.mesh = ""  # the learner's mesh over placement.learner_devices ("": all on data)
+
+    # Where things run (glm5_jax/rl/placement.py). Each rollout worker is its own JAX process
+    # (or Ray actor) with its own devices and mesh; the learner keeps its own devices.
+    config.placement = ml_collections.ConfigDict({
+        "learner_platform": "",  # "": JAX's default (tpu, else gpu, else cpu) | "cpu" | "gpu" | "tpu"
+        "learner_devices": 0,  # devices of the learner's mesh; 0: all of its processes' devices
+        "rollout_platform": "",  # "": the learner's | "cpu" | "gpu" | "tpu"
+        "rollout_devices_per_worker": 1,
+        "rollout_mesh": "",  # a mesh over one worker's devices; "": tensor over all of them
+        "rollout_cpus_per_worker": 0.0,  # what a Ray actor asks for (scheduling only)
+    })
+    # Weights, learner to workers (glm5_jax/rl/weight_sender.py): each learner process streams
+    # the shards it holds; no file, no gathered copy.
+    config.weight_sync = ml_collections.ConfigDict({
+        "streams": 4,  # connections per worker and learner process; pieces go in parallel
+        "host": "",  # what workers dial: "" = 127.0.0.1 if all of them run on this host, else its IP
+        "timeout_s": 300.0,  # a worker silent this long mid-transfer is dropped (it reconnects)
+    })
 
     # Tasks, environment, reward.
     # 108 tasks; 20% of each level (22) held out: never trained on, scored by the evaluator.

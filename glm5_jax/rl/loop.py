@@ -1,13 +1,18 @@
 """The RL loop, asynchronous or in lock-step, reading top to bottom.
 
-    warm start -> learner (compiled) -> publish version 0 -> start workers and wait for them
+    placement (learner devices and mesh) -> warm start -> learner (compiled) -> weight sender,
+    publish version 0 -> start workers on their own devices and wait for them -> run_info.json
     -> clock starts -> per step: batch from the buffer (async) or from one lock-step round
-    (sync) -> train -> every ``sync_every`` steps publish version + 1 -> log, checkpoint
+    (sync) -> train -> every ``sync_every`` steps publish version + 1 (sync: and wait until
+    every worker holds it) -> log, checkpoint
 
 Both modes use the same workers, buffer, batching and learner; only *when* rollouts are
 dispatched differs, so their wall-clock curves compare like for like. The clock starts once
 every worker has compiled its sampler and the learner its step (compilation is a one-off
 cost that both modes pay identically and that would otherwise dominate a short CPU run).
+
+Weights travel shard by shard from the learner's devices to the workers' (``weight_sender``);
+an asynchronous run trains on while a version is in flight, a lock-step run waits for it.
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ from glm5_jax.rl.batching import build_batch
 from glm5_jax.rl.buffer import TrajectoryBuffer, staleness_histogram
 from glm5_jax.rl.checkpoint import RunCheckpointer
 from glm5_jax.rl.coordinator import RolloutCoordinator
-from glm5_jax.rl.evaluation import keep_snapshot
+from glm5_jax.rl.eval_snapshots import write_eval_snapshot
 from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
 from glm5_jax.rl.learner import Learner
-from glm5_jax.rl.policy import PolicyPublisher, policy_model_config
+from glm5_jax.rl.placement import (learner_devices, process_record, resolved_rollout_platform,
+                                   validate_placement)
+from glm5_jax.rl.policy import policy_model_config
 from glm5_jax.rl.rewards import TERMS
-from glm5_jax.rl.rollout_worker import configure_jax
+from glm5_jax.rl.rollout_worker import configure_compilation_cache, worker_launch
 from glm5_jax.rl.warm_start import warm_start_variables
+from glm5_jax.rl.weight_sender import WeightSender, gather_addresses, sender_hosts
+from glm5_jax.run_info import describe, write_run_info
+from glm5_jax.sharding import MeshSpecError, make_mesh
 
 MODES = ("async", "sync")
 BACKENDS = ("process", "ray")
@@ -38,15 +48,15 @@ BACKENDS = ("process", "ray")
 StepHook = Callable[[int, RolloutCoordinator], None]
 
 
-def make_pool(config: ml_collections.ConfigDict, policy_dir: str):
+def make_pool(config: ml_collections.ConfigDict, launch: str):
     if config.backend == "process":
         from glm5_jax.rl.process_pool import ProcessWorkerPool
 
-        return ProcessWorkerPool(config.num_workers, config, policy_dir)
+        return ProcessWorkerPool(config.num_workers, config, launch)
     if config.backend == "ray":
         from glm5_jax.rl.ray_pool import RayWorkerPool
 
-        return RayWorkerPool(config.num_workers, config, policy_dir)
+        return RayWorkerPool(config.num_workers, config, launch)
     raise ValueError(f"backend={config.backend!r}; allowed: {list(BACKENDS)}")
 
 
@@ -61,6 +71,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.capacity_groups < config.groups_per_batch:
         raise ValueError(f"capacity_groups={config.capacity_groups} must hold at least one batch "
                          f"(groups_per_batch={config.groups_per_batch})")
+    if config.backend not in BACKENDS:
+        raise ValueError(f"backend={config.backend!r}; allowed: {list(BACKENDS)}")
+    if config.weight_sync.streams < 1 or config.weight_sync.timeout_s <= 0:
+        raise ValueError(f"weight_sync.streams={config.weight_sync.streams} must be >= 1 and "
+                         f"weight_sync.timeout_s={config.weight_sync.timeout_s} > 0")
+    validate_placement(config)
+
+
+def learner_mesh(config: ml_collections.ConfigDict):
+    """``config.mesh`` over the learner's devices (``placement.learner_devices``)."""
+    devices = learner_devices(config)
+    try:
+        return make_mesh(config.mesh, devices)
+    except MeshSpecError as error:
+        raise MeshSpecError(f"mesh={config.mesh!r} over placement.learner_devices="
+                            f"{config.placement.learner_devices} ({len(devices)} devices): {error}") from None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[[str], None] = print,
@@ -69,7 +95,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
     validate(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    configure_jax(ml_collections.ConfigDict({"compilation_cache_dir": config.compilation_cache_dir}))
+    configure_compilation_cache(config.compilation_cache_dir)
+    mesh = learner_mesh(config)
     (workdir / "config.json").write_text(config.to_json(indent=2))
     tokenizer, tasks = make_tokenizer(config), make_tasks(config)
     model_config = policy_model_config(config, tokenizer.vocab_size, tokenizer.bos_id,
@@ -80,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
         return make_env(task).reset()
 
     variables, warm_info = warm_start_variables(config, model_config, tasks, tokenizer, prompt_of, log)
-    learner = Learner(config, model_config, variables)
+    learner = Learner(config, model_config, variables, mesh=mesh)
     log(f"learner step compiled in {learner.compile_seconds:.1f}s")
     buffer = TrajectoryBuffer(config.group_size, config.max_staleness, config.capacity_groups)
     checkpointer = RunCheckpointer(workdir / "checkpoints")
@@ -92,21 +119,31 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
         start_step, version, elapsed = run["step"], run["policy_version"], run["wall_time"]
         resumes = run["resumes"] + 1
         log(f"resumed at step {start_step}, policy version {version}")
-    publisher = PolicyPublisher(workdir / "policy")
-    push = publisher.publish(version, learner.variables)
     if config.eval.every and start_step == 0:  # the warm start: where both modes begin
-        keep_snapshot(workdir, publisher.path_of(version), 0, version, 0.0, 0)
-
-    pool = make_pool(config, str(workdir / "policy"))
-    coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
-                                     config.seed + 7919 * resumes, config.max_worker_restarts,
-                                     log, order_prefix=f"r{resumes}", lock_step=config.mode == "sync")
+        write_eval_snapshot(workdir, learner.variables, 0, version, 0.0, 0)
+    advertised, bind = sender_hosts(config)
+    sender = WeightSender(config.weight_sync.streams, advertised, bind, config.weight_sync.timeout_s)
+    addresses = gather_addresses(sender.address)
+    pool = coordinator = None
     record: dict[str, Any] = {}
     try:
+        sender.publish(version, learner.variables)
+        platform = mesh.devices.flat[0].platform
+        launch = worker_launch(addresses, resolved_rollout_platform(config, platform),
+                               len([d for d in mesh.devices.flat if d.process_index == 0]))
+        pool = make_pool(config, launch)
+        coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
+                                         config.seed + 7919 * resumes, config.max_worker_restarts,
+                                         log, order_prefix=f"r{resumes}",
+                                         lock_step=config.mode == "sync")
         pool.start_all()
         coordinator.wait_until_ready(config.num_workers, config.worker_start_timeout_s)
         log(f"{config.num_workers} rollout workers ready ({config.backend} backend); "
             f"mode {config.mode}")
+        write_run_info(workdir, describe(
+            mesh, learner=process_record(list(mesh.devices.flat), mesh, platform=platform),
+            workers=[pool.ready_info.get(w, {}).get("placement") for w in range(config.num_workers)],
+            weight_sync={"addresses": addresses, "streams": config.weight_sync.streams}))
         coordinator.dispatch_enabled = True
         if config.mode == "async":
             coordinator.start_background()
@@ -128,9 +165,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
             train_s_total += train_s
             trained_tokens += info.policy_tokens
             histogram = staleness_histogram(groups, version)
+            blocked_s = 0.0  # how long this step's push held the learner up
             if (step + 1) % config.sync_every == 0:
                 version += 1
-                push = publisher.publish(version, learner.variables)
+                blocked_s = sender.publish(version, learner.variables)
+                if config.mode == "sync":  # the next round samples with these weights
+                    blocked_s += sender.wait_delivered(version, config.batch_timeout_s)
                 if config.reset_optimizer_on_push:
                     learner.reset_optimizer()
             now = time.perf_counter()
@@ -150,7 +190,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
                 "tokens_per_s/generated": shared["workers/generated_tokens"] / run_wall,
                 "tokens_per_s/trained": trained_tokens / run_wall,
                 "train_s": train_s, "wait_s": train_start - wait_start,
-                **{f"learner/{k}": v for k, v in train_metrics.items()}, **shared, **push,
+                **{f"learner/{k}": v for k, v in train_metrics.items()}, **shared,
+                **sender.metrics(), "weight_sync/learner_blocked_s": blocked_s,
             }
             with open(workdir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -167,12 +208,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
                     "resumes": resumes, "buffer": buffer_state})
             if config.eval.every and ((step + 1) % config.eval.every == 0
                                       or step + 1 == config.total_steps):
-                keep_snapshot(workdir, publisher.path_of(version), step + 1, version, wall,
-                              shared["buffer/consumed"])
+                write_eval_snapshot(workdir, learner.variables, step + 1, version, wall,
+                                    shared["buffer/consumed"])
             if on_step is not None:
                 on_step(step + 1, coordinator)
     finally:
-        coordinator.stop()
-        pool.close()
+        if coordinator is not None:
+            coordinator.stop()
+        if pool is not None:
+            pool.close()
+        sender.close()
         checkpointer.close()
     return {**record, **warm_info}

@@ -3,7 +3,8 @@
 Why one duplex pipe per worker rather than one shared queue: a worker killed with SIGKILL in
 the middle of a write can leave half a message behind; on a shared queue that would corrupt
 every other worker's stream, on its own pipe it only ends that worker's (the reader sees EOF).
-Processes are started with "spawn": JAX is not fork-safe.
+Processes are started with "spawn": JAX is not fork-safe. Each process sets its own devices
+(``config.placement``, through ``configure_worker_process``) before its JAX starts.
 
 Messages, worker -> coordinator: ("ready", info), ("trajectory", Trajectory),
 ("order_done", order_key, stats), ("error", text). Coordinator -> worker: ("orders",
@@ -22,14 +23,14 @@ from typing import Any
 import ml_collections
 
 
-def worker_process_main(worker_id: int, conn: Connection, config_json: str, policy_dir: str) -> None:
+def worker_process_main(worker_id: int, conn: Connection, config_json: str, launch: str) -> None:
     config = ml_collections.ConfigDict(__import__("json").loads(config_json))
-    from glm5_jax.rl.rollout_worker import RolloutWorker, configure_jax
+    from glm5_jax.rl.rollout_worker import RolloutWorker, configure_worker_process
 
-    configure_jax(config)
     worker = None
     try:
-        worker = RolloutWorker(worker_id, config, policy_dir)
+        slot = configure_worker_process(worker_id, config, launch)
+        worker = RolloutWorker(worker_id, config, launch, slot)
         conn.send(("ready", worker.warm_up()))
         while True:
             message = conn.recv()
@@ -53,10 +54,11 @@ def worker_process_main(worker_id: int, conn: Connection, config_json: str, poli
 class ProcessWorkerPool:
     """Start, talk to, watch and restart worker processes."""
 
-    def __init__(self, num_workers: int, config: ml_collections.ConfigDict, policy_dir: str) -> None:
+    def __init__(self, num_workers: int, config: ml_collections.ConfigDict, launch: str) -> None:
         self.num_workers = num_workers
         self._config_json = config.to_json()
-        self._policy_dir = policy_dir
+        self._launch = launch  # rollout_worker.worker_launch: weight-sync addresses, platform
+        self.ready_info: dict[int, dict] = {}  # worker id -> its "ready" message (its placement)
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, Any] = {}
         self._conns: dict[int, Connection] = {}
@@ -66,7 +68,7 @@ class ProcessWorkerPool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker_process_main, name=f"rollout-worker-{worker_id}", daemon=True,
-            args=(worker_id, child_end, self._config_json, self._policy_dir))
+            args=(worker_id, child_end, self._config_json, self._launch))
         process.start()
         child_end.close()  # so the parent sees EOF when the child dies
         self._processes[worker_id] = process
@@ -90,6 +92,9 @@ class ProcessWorkerPool:
                     messages.append((worker_id, conn.recv()))
             except (EOFError, OSError, ConnectionResetError, __import__("pickle").UnpicklingError):
                 dead.append(worker_id)
+        for worker_id, message in messages:
+            if message[0] == "ready":
+                self.ready_info[worker_id] = message[1]
         for worker_id, process in self._processes.items():
             if not process.is_alive() and worker_id not in dead:
                 # Read what it sent before dying, then report it.

@@ -6,12 +6,16 @@ its episode ends and then ("order_done", ...), so the coordinator sees exactly t
 it sees from a local process. A dead actor (SIGKILL, node loss) surfaces as an error on its
 pending call and is reported in ``poll``'s dead list, then restarted by the coordinator.
 
-Weights still travel through the policy directory, which on several hosts must be a shared
-filesystem; ``ray.init`` connects to ``config.ray_address`` or starts a local cluster.
+Each actor asks Ray for its devices (``config.placement``: ``num_gpus`` or ``resources={"TPU":
+k}`` on accelerators, simulated CPU devices otherwise) and receives weights from the learner
+processes over their weight-sync sockets, like a local worker (no shared filesystem).
+``ray.init`` connects to ``config.ray_address`` or starts a local cluster; a local cluster is
+shown only the accelerators the learner leaves free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -25,14 +29,14 @@ import ml_collections
 class _RolloutActor:
     """The actor body (wrapped with ``ray.remote`` at pool creation)."""
 
-    def __init__(self, worker_id: int, config_json: str, policy_dir: str) -> None:
+    def __init__(self, worker_id: int, config_json: str, launch: str) -> None:
         import json
 
-        from glm5_jax.rl.rollout_worker import RolloutWorker, configure_jax
+        from glm5_jax.rl.rollout_worker import RolloutWorker, configure_worker_process
 
         config = ml_collections.ConfigDict(json.loads(config_json))
-        configure_jax(config)
-        self.worker = RolloutWorker(worker_id, config, policy_dir)
+        slot = configure_worker_process(worker_id, config, launch)
+        self.worker = RolloutWorker(worker_id, config, launch, slot)
 
     def pid(self) -> int:
         return os.getpid()
@@ -65,19 +69,50 @@ def _ray():
     return ray
 
 
+@contextlib.contextmanager
+def _local_cluster_accelerators(config: ml_collections.ConfigDict, details: dict, num_workers: int):
+    """A local Ray cluster started here sees only the GPUs after the learner's (Ray reads
+    CUDA_VISIBLE_DEVICES when it starts); elsewhere nothing changes."""
+    from glm5_jax.rl.placement import physical_gpu_ids
+
+    k = config.placement.rollout_devices_per_worker
+    if config.get("ray_address") or details["platform"] != "gpu":
+        yield
+        return
+    first = details["learner_local_devices"]
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(physical_gpu_ids(list(range(first, first + num_workers * k))))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
 class RayWorkerPool:
-    def __init__(self, num_workers: int, config: ml_collections.ConfigDict, policy_dir: str) -> None:
+    def __init__(self, num_workers: int, config: ml_collections.ConfigDict, launch: str) -> None:
+        import json
+
+        from glm5_jax.rl.placement import worker_slot
+
         ray = _ray()
         package_root = str(Path(__file__).resolve().parents[2])
+        details = json.loads(launch)
+        self._slots = {w: worker_slot(config, w, details["platform"], details["learner_local_devices"])
+                       for w in range(num_workers)}
         if not ray.is_initialized():
-            ray.init(address=config.get("ray_address") or None, include_dashboard=False,
-                     num_cpus=config.get("ray_num_cpus") or None, log_to_driver=True,
-                     runtime_env={"env_vars": {"PYTHONPATH": package_root}})
+            with _local_cluster_accelerators(config, details, num_workers):
+                ray.init(address=config.get("ray_address") or None, include_dashboard=False,
+                         num_cpus=config.get("ray_num_cpus") or None, log_to_driver=True,
+                         runtime_env={"env_vars": {"PYTHONPATH": package_root}})
         self._owns_ray = True
         self.num_workers = num_workers
         self._config_json = config.to_json()
-        self._policy_dir = policy_dir
-        self._actor_class = ray.remote(num_cpus=0)(_RolloutActor)
+        self._launch = launch
+        self._actor_class = ray.remote(_RolloutActor)
+        self.ready_info: dict[int, dict] = {}  # worker id -> its "ready" message (its placement)
         self._actors: dict[int, Any] = {}
         self._streams: dict[int, Any] = {}  # worker id -> pending ObjectRefGenerator
         self._pids: dict[int, int] = {}
@@ -85,8 +120,9 @@ class RayWorkerPool:
 
     def start(self, worker_id: int) -> None:
         ray = _ray()
-        actor = self._actor_class.options(name=None, max_restarts=0).remote(
-            worker_id, self._config_json, self._policy_dir)
+        actor = self._actor_class.options(name=None, max_restarts=0,
+                                          **self._slots[worker_id].ray_options).remote(
+            worker_id, self._config_json, self._launch)
         self._actors[worker_id] = actor
         self._pids[worker_id] = ray.get(actor.pid.remote())
         self._streams[worker_id] = actor.warm_up.remote()
@@ -117,7 +153,10 @@ class RayWorkerPool:
                     self._streams.pop(worker_id, None)
                     break
                 try:
-                    messages.append((worker_id, ray.get(ref)))
+                    message = ray.get(ref)
+                    messages.append((worker_id, message))
+                    if message[0] == "ready":
+                        self.ready_info[worker_id] = message[1]
                 except ray.exceptions.RayError:
                     self._streams.pop(worker_id, None)
                     dead.append(worker_id)

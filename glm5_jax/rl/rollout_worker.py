@@ -1,13 +1,17 @@
 """What one rollout worker holds, whatever carries its messages (a local process or a Ray
-actor): the task suite, environments, a sandbox pool, the sampler and a policy snapshot.
+actor): the task suite, environments, a sandbox pool, the sampler, its own devices and mesh,
+and the policy it receives from the learner.
 
 The transport layer calls ``run`` with a list of ``GroupOrder``s and an ``emit`` callback;
-everything above that line is shared by both backends.
+everything above that line is shared by both backends. ``launch`` is what the learner tells a
+worker when it starts it (``worker_launch``): the learner processes' weight-sync addresses and
+the platform; the worker derives its own devices from ``config.placement`` and its id.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,26 +25,47 @@ from glm5_jax.rl.trajectory import Trajectory
 PROMPT_BUCKET = 8  # glm5_jax.sample.engine pads prompt lengths to multiples of this
 
 
-def configure_jax(config: ml_collections.ConfigDict) -> None:
-    """Per-process JAX settings; must run before the first computation of the process."""
-    if config.get("worker_xla_flags"):
-        os.environ["XLA_FLAGS"] = config.worker_xla_flags
+def worker_launch(weight_addresses: list[str], platform: str, learner_local_devices: int) -> str:
+    """What every worker of a run is started with (JSON: it crosses pipes and Ray)."""
+    return json.dumps({"weight_addresses": list(weight_addresses), "platform": platform,
+                       "learner_local_devices": learner_local_devices})
+
+
+def configure_compilation_cache(directory: str) -> None:
+    """The persistent XLA cache shared by the learner, the workers and later runs."""
     import jax
 
-    jax.config.update("jax_platforms", config.get("worker_platform", "cpu"))
-    if config.get("compilation_cache_dir"):
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.compilation_cache_dir))
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def configure_worker_process(worker_id: int, config: ml_collections.ConfigDict, launch: str):
+    """In a fresh worker process, before its JAX starts: its devices (``placement``) and cache."""
+    from glm5_jax.rl.placement import apply_worker_slot, worker_slot
+
+    details = json.loads(launch)
+    slot = worker_slot(config, worker_id, details["platform"], details["learner_local_devices"])
+    apply_worker_slot(slot)
+    configure_compilation_cache(config.get("compilation_cache_dir", ""))
+    return slot
+
+
 class RolloutWorker:
-    def __init__(self, worker_id: int, config: ml_collections.ConfigDict, policy_dir: str) -> None:
+    def __init__(self, worker_id: int, config: ml_collections.ConfigDict, launch: str, slot=None) -> None:
+        import jax
+
         from glm5_jax.eval.limits import SandboxLimits
         from glm5_jax.eval.pool import SandboxPool
+        from glm5_jax.model import GLM5Model, logical_partition_specs
         from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
-        from glm5_jax.rl.policy import PolicySubscriber, policy_model_config
+        from glm5_jax.rl.placement import process_record
+        from glm5_jax.rl.policy import policy_model_config
         from glm5_jax.rl.sampler import PolicySampler
+        from glm5_jax.rl.weight_receiver import WeightReceiver
+        from glm5_jax.rl.weight_shards import sharding_by_path
+        from glm5_jax.sharding import make_mesh
 
         self.worker_id = worker_id
         self.config = config
@@ -54,9 +79,18 @@ class RolloutWorker:
         self.sampler = PolicySampler(model_config, rows, config.max_new_tokens, config.temperature)
         self.sandbox = SandboxPool(workers=config.sandbox_workers,
                                    limits=SandboxLimits(timeout_s=config.sandbox_timeout_s))
-        self.policy = PolicySubscriber(policy_dir)
+        # This worker's devices, its mesh, and the weights assembled under that mesh's sharding.
+        self.mesh = make_mesh(config.placement.rollout_mesh or "tensor=-1", jax.devices())
+        weight_sync = config.weight_sync
+        self.policy = WeightReceiver(
+            json.loads(launch)["weight_addresses"],
+            sharding_by_path(self.mesh, logical_partition_specs(GLM5Model(model_config))),
+            worker_id, streams=weight_sync.streams, timeout_s=weight_sync.timeout_s)
+        self.placement = process_record(jax.devices(), self.mesh, worker_id=worker_id,
+                                        platform=jax.devices()[0].platform,
+                                        assigned=slot.describe() if slot is not None else "")
 
-    def warm_up(self) -> dict[str, float]:
+    def warm_up(self) -> dict[str, Any]:
         """Wait for the first weights and compile generation for every first-turn prompt shape
         (the engine buckets prompt lengths), so no compilation lands inside the timed run."""
         start = time.perf_counter()
@@ -72,7 +106,8 @@ class RolloutWorker:
                 by_bucket[bucket] = (filler * bucket * PROMPT_BUCKET)[:bucket * PROMPT_BUCKET]
         for prompt in by_bucket.values():
             self.sampler.sample(self.policy.variables, [prompt], seed=0)
-        return {"warm_up_s": time.perf_counter() - start, "prompt_shapes": float(len(by_bucket))}
+        return {"warm_up_s": time.perf_counter() - start, "prompt_shapes": float(len(by_bucket)),
+                "placement": self.placement}
 
     def run(self, orders: Sequence[GroupOrder], emit: Callable[[Trajectory], None]) -> dict[str, Any]:
         stats = run_orders(orders, self.make_env, self.policy, self.sampler, self.sandbox,
@@ -82,4 +117,5 @@ class RolloutWorker:
         return {**dataclasses.asdict(stats), "policy_load_s": self.policy.load_seconds}
 
     def close(self) -> None:
+        self.policy.close()
         self.sandbox.close()
