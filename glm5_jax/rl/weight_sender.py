@@ -106,6 +106,16 @@ def gather_addresses(address: str) -> list[str]:
     return [bytes(row).rstrip(b"\0").decode() for row in gathered.reshape(jax.process_count(), -1)]
 
 
+def fetch_to_host(shard: jax.Array) -> np.ndarray:
+    """One piece on the host, without leaving a copy behind: where fetching copies (GPU, TPU),
+    jax.Array caches the host value on the array, and the snapshot would accumulate a whole
+    host copy of the model over a round. (On CPU the result is a view; nothing is cached.)"""
+    host = np.asarray(shard)
+    if getattr(shard, "_npy_value", None) is not None:
+        shard._npy_value = None
+    return host
+
+
 def split_by_size(sizes: list[int], streams: int) -> list[list[int]]:
     """Indices of ``sizes`` over ``streams`` lists of near-equal totals (largest first)."""
     plan: list[list[int]] = [[] for _ in range(streams)]
@@ -295,7 +305,7 @@ class WeightSender:
                 piece = snapshot.pieces[index]
                 if position + 1 < len(plan):  # start the next piece's device-to-host copy now
                     snapshot.pieces[plan[position + 1]].data.copy_to_host_async()
-                host = np.asarray(piece.data)
+                host = fetch_to_host(piece.data)
                 header = {"kind": "piece", "version": snapshot.version, "leaf": piece.leaf,
                           "bounds": [list(b) for b in piece.bounds], "nbytes": int(host.nbytes)}
                 for peer in list(alive.values()):
