@@ -9,6 +9,7 @@ the sparse-attention or MoE paths), which an importance ratio would silently abs
 
 import math
 
+import pytest
 from test_rl_end_to_end import read_metrics, small_config
 
 from glm5_jax.rl.loop import train
@@ -18,17 +19,30 @@ from glm5_jax.rl.loop import train
 MISMATCH_TOLERANCE = 1e-4
 
 
-def test_lock_step_learner_logprobs_equal_the_rollouts(tmp_path):
+@pytest.fixture(scope="module")
+def warm_start_cache(tmp_path_factory):
+    """One warm start for both cases (cached by content)."""
+    return str(tmp_path_factory.mktemp("warm_start"))
+
+
+@pytest.mark.parametrize("objective,minibatches", [("direct_double_sided", 1), ("decoupled", 2)])
+def test_lock_step_learner_logprobs_equal_the_rollouts(tmp_path, warm_start_cache, objective, minibatches):
     # The tiny preset itself (dense prefix, MoE, full and shared indexer layers, MTP), a
     # temperature that is not 1, and two-turn debugging episodes (feedback tokens between the
-    # policy's, contexts past the indexer's top-k).
-    config, _ = small_config(tmp_path, mode="sync", num_workers=1, total_steps=3,
+    # policy's, contexts past the indexer's top-k). One update per batch (the log-probs come
+    # from the update's own forward pass) and two (from the proximal pass before them). A short
+    # warm start so that some samples pass: the weights then change between versions.
+    config, _ = small_config(tmp_path, mode="sync", num_workers=1, total_steps=4,
                              checkpoint_every=0, temperature=0.7, seq_len=80, model_overrides={},
+                             objective=objective, minibatches=minibatches,
                              **{"eval.every": 0, "environment.kind": "debug",
-                                "environment.max_turns": 2})
+                                "environment.max_turns": 2, "warm_start.steps": 120,
+                                "warm_start.cache_dir": warm_start_cache})
     train(config, tmp_path / "run")
     records = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    # Not vacuous: some step before the last one moved the weights that later steps sampled with.
+    assert any(r["learner/grad_norm"] > 0 for r in records[:-1]), "no reward variance: warm start longer"
     for record in records:
         assert record["staleness_histogram"] == {"0": 8}  # all sampled by the held version
         assert record["learner/logprob_mismatch_tokens"] > 0
