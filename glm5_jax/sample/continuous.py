@@ -3,10 +3,11 @@
 The batch has a fixed number of *slots* (rows), each with its own range of the latent cache, so
 two compiled program families serve every request mix without recompiling:
 
-* ``admit`` (one compilation per prompt-length bucket): prefill one prompt, write its cache into
-  one slot and its first token into that slot's row; the other slots are untouched. The same
-  program *refills* a running slot's cache from its context (prompt + tokens so far) without
-  touching its tokens, which is how new weights take over a running request.
+* ``admit`` (one compilation per prompt-length bucket, for one row and for ``admit_rows``
+  rows): prefill prompts, write each one's cache into its slot and its first token into that
+  slot's row; the other slots are untouched. The same program *refills* a running slot's cache
+  from its context (prompt + tokens so far) without touching its tokens, which is how new
+  weights take over a running request.
 * ``decode_chunk`` (one compilation): up to ``steps`` plain decode steps over all slots; a slot
   that is free or finished does not advance (an active mask, ``DecodeState.done``), and each
   slot stops at its own ``max_new_tokens`` or EOS.
@@ -41,7 +42,7 @@ from glm5_jax.config import ModelConfig
 from glm5_jax.sample.cache import init_cache
 from glm5_jax.sample.decode import DecodeState, decode_loop, prefill
 from glm5_jax.sample.engine import CAPACITY_BUCKET, round_up
-from glm5_jax.sample.sampling import Policy, PolicyKind, make_policy, request_key
+from glm5_jax.sample.sampling import Policy, PolicyKind, make_policy, request_keys
 
 _FROM_CONFIG = object()
 DEFAULT_PROMPT_BUCKET = 16  # prompt lengths are padded to a multiple of this (one program each)
@@ -71,32 +72,43 @@ class Completion:
     finished_s: float  # when the host held the last one
 
 
+@functools.lru_cache(maxsize=4096)
+def seed_key(seed: int) -> np.ndarray:
+    """Key data [2] of ``seed`` (``make_policy``'s), computed once per seed on the host."""
+    return np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)))
+
+
 class SlotState(NamedTuple):
     decode: DecodeState  # over all slots
     max_new: jax.Array  # [slots] each slot's request's max_new_tokens (0 when never used)
 
 
-def _admit(variables: dict, state: SlotState, prompt: jax.Array, length: jax.Array, slot: jax.Array,
-           key: jax.Array, max_new: jax.Array, refill: jax.Array, policy: Policy, *, config: ModelConfig,
-           kind: PolicyKind, indexer_mode: str) -> SlotState:
-    """prompt [1, bucket] (right-padded, ``length`` real tokens) into ``slot``.
+def _admit(variables: dict, state: SlotState, prompts: jax.Array, lengths: jax.Array, slots: jax.Array,
+           seed_keys: jax.Array, indices: jax.Array, max_new: jax.Array, refill: jax.Array, policy: Policy, *,
+           config: ModelConfig, kind: PolicyKind, indexer_mode: str) -> SlotState:
+    """prompts [a, bucket] (right-padded, ``lengths`` [a] real tokens) into ``slots`` [a]; row i
+    samples as request ``indices[i]`` of the seed whose key data is ``seed_keys[i]``. A slot equal
+    to the slot count is a padding row: nothing of it is written.
 
-    refill False: a new request (cache, first token, row bookkeeping). refill True: only the
-    slot's cache is rebuilt from ``prompt`` (its context), its tokens and counters are kept.
+    refill[i] False: a new request (cache, first token, row bookkeeping). True: only the slot's
+    cache is rebuilt from the row (its context); its tokens and counters are kept.
     """
-    one = prefill(variables, prompt, length[None], policy._replace(max_new_tokens=max_new), key[None],
-                  config=config, kind=kind, capacity=prompt.shape[1], out_len=state.decode.tokens.shape[1],
+    keys = jax.vmap(lambda key, index: request_keys(key, 1, index)[0])(seed_keys, indices)
+    new = prefill(variables, prompts, lengths, policy._replace(max_new_tokens=max_new), keys,
+                  config=config, kind=kind, capacity=prompts.shape[1], out_len=state.decode.tokens.shape[1],
                   indexer_mode=indexer_mode)
-    cache = jax.tree_util.tree_map(
-        lambda full, row: jax.lax.dynamic_update_slice(full, row.astype(full.dtype), (0, slot, 0, 0)),
-        state.decode.cache, one.cache)
+    bucket = prompts.shape[1]
+    cache = jax.tree_util.tree_map(  # [R, slots, T, w] <- [R, a, bucket, w]
+        lambda full, rows: full.at[:, slots, :bucket].set(rows.astype(full.dtype), mode="drop"),
+        state.decode.cache, new.cache)
+    kept = jnp.where(refill, state.max_new.shape[0], slots)  # refilled rows keep their bookkeeping
 
-    def put(rows: jax.Array, new_row: jax.Array) -> jax.Array:
-        return jnp.where(refill, rows, rows.at[slot].set(new_row[0]))
+    def put(rows: jax.Array, new_rows: jax.Array) -> jax.Array:
+        return rows.at[kept].set(new_rows, mode="drop")
 
     names = ("lengths", "next_token", "tokens", "logprobs", "n_out", "done", "steps", "request_keys")
-    rows = {name: put(getattr(state.decode, name), getattr(one, name)) for name in names}
-    return SlotState(state.decode._replace(cache=cache, **rows), put(state.max_new, max_new[None]))
+    fields = {name: put(getattr(state.decode, name), getattr(new, name)) for name in names}
+    return SlotState(state.decode._replace(cache=cache, **fields), put(state.max_new, max_new))
 
 
 def _decode_chunk(variables: dict, state: SlotState, policy: Policy, steps: jax.Array, *, config: ModelConfig,
@@ -139,12 +151,13 @@ class ContinuousBatcher:
 
     ``capacity``: cache positions per slot (a request needs prompt + max_new_tokens of them).
     ``steps_per_call``: decode steps per device call; a finished slot is refilled after at most
-    this many steps (1: at once; more: less host work per token).
+    this many steps (1: at once; more: less host work per token). ``admit_rows``: requests
+    prefilled together when several wait for free slots (a lone request is prefilled alone).
     """
 
     def __init__(self, config: ModelConfig, slots: int, capacity: int, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, *, eos_token_id=_FROM_CONFIG, steps_per_call: int = 4,
-                 prompt_bucket: int = DEFAULT_PROMPT_BUCKET, recompute_on_update: bool = True,
+                 prompt_bucket: int = DEFAULT_PROMPT_BUCKET, admit_rows: int = 8, recompute_on_update: bool = True,
                  indexer_mode: str = "auto") -> None:
         if slots < 1 or steps_per_call < 1 or prompt_bucket < 1:
             raise ValueError(f"slots={slots}, steps_per_call={steps_per_call} and prompt_bucket={prompt_bucket} "
@@ -154,6 +167,7 @@ class ContinuousBatcher:
         self.capacity = round_up(capacity, CAPACITY_BUCKET)
         self.steps_per_call = steps_per_call
         self.prompt_bucket = prompt_bucket
+        self.admit_rows = max(1, min(admit_rows, slots))
         self.recompute_on_update = recompute_on_update
         eos = config.eos_token_id if eos_token_id is _FROM_CONFIG else eos_token_id
         self.eos_token_id = eos
@@ -203,13 +217,14 @@ class ContinuousBatcher:
         if changed and self.recompute_on_update and self._running:
             tokens = np.asarray(self.state.decode.tokens)
             n_out, done = np.asarray(self.state.decode.n_out), np.asarray(self.state.decode.done)
+            rows = []
             for slot, running in self._running.items():
-                if done[slot]:
-                    continue
-                # The cache holds the prompt and every token but the last (fed by the next step).
-                context = list(running.request.prompt) + tokens[slot, :n_out[slot] - 1].tolist()
-                self._write_slot(slot, context, running.request, refill=True)
-                self.recomputed_tokens += len(context)
+                if not done[slot]:
+                    # The cache holds the prompt and every token but the last (the next step feeds it).
+                    context = list(running.request.prompt) + tokens[slot, :n_out[slot] - 1].tolist()
+                    rows.append((slot, context, running.request))
+                    self.recomputed_tokens += len(context)
+            self._write_slots(rows, refill=True)
 
     # The loop ---------------------------------------------------------------------------------
     def step(self) -> list[Completion]:
@@ -255,7 +270,8 @@ class ContinuousBatcher:
             raise RuntimeError("warm_up needs an idle batcher")
         request = Request([0], 1)
         for bucket in self.buckets():
-            self._write_slot(0, [0] * bucket, request, refill=False)
+            for rows in {1, self.admit_rows}:
+                self._write_slots([(slot, [0] * bucket, request) for slot in range(rows)], refill=False)
         self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(1))
         jax.block_until_ready(self.state)
         self.state = empty_slots(self.config, self.slots, self.capacity)
@@ -271,18 +287,28 @@ class ContinuousBatcher:
         while free and self._queue:
             request, submitted = self._queue.popleft()
             slot = free.pop(0)
-            self._write_slot(slot, list(request.prompt), request, refill=False)
             self._running[slot] = _Running(request, submitted)
             admitted.append(slot)
+        self._write_slots([(slot, list(self._running[slot].request.prompt), self._running[slot].request)
+                           for slot in admitted], refill=False)
         return admitted
 
-    def _write_slot(self, slot: int, tokens: list[int], request: Request, refill: bool) -> None:
-        bucket = next(b for b in self.buckets() if b >= len(tokens))
-        padded = np.zeros((1, bucket), np.int32)
-        padded[0, :len(tokens)] = tokens
-        self.state = self._admit(self.variables, self.state, padded, np.int32(len(tokens)), np.int32(slot),
-                                 request_key(request.seed, request.index), np.int32(request.max_new_tokens),
-                                 np.bool_(refill), self.policy)
+    def _write_slots(self, rows: list[tuple[int, list[int], Request]], refill: bool) -> None:
+        """Prefill (slot, tokens, request) rows: groups of ``admit_rows`` (a single row alone)."""
+        while rows:
+            group, rows = rows[:self.admit_rows], rows[self.admit_rows:]
+            width = 1 if len(group) == 1 else self.admit_rows
+            bucket = next(b for b in self.buckets() if b >= max(len(tokens) for _, tokens, _ in group))
+            prompts = np.zeros((width, bucket), np.int32)
+            lengths = np.ones((width,), np.int32)
+            slots = np.full((width,), self.slots, np.int32)  # padding rows write nothing
+            seed_keys = np.zeros((width, 2), np.uint32)
+            indices, max_new = np.zeros((width,), np.int32), np.ones((width,), np.int32)
+            for i, (slot, tokens, request) in enumerate(group):
+                prompts[i, :len(tokens)], lengths[i], slots[i] = tokens, len(tokens), slot
+                seed_keys[i], indices[i], max_new[i] = seed_key(request.seed), request.index, request.max_new_tokens
+            self.state = self._admit(self.variables, self.state, prompts, lengths, slots, seed_keys, indices,
+                                     max_new, np.full((width,), refill), self.policy)
 
     def _complete(self, slot: int, tokens: np.ndarray, logprobs: np.ndarray, n_out: int, now: float) -> Completion:
         running = self._running.pop(slot)
