@@ -1,0 +1,159 @@
+"""Matmul FLOPs of a compiled program, read from its optimized HLO with loop trip counts applied.
+
+XLA's own ``compiled.cost_analysis()["flops"]`` counts a ``while`` body once, whatever its
+trip count, so for a model whose layers are a scan (and whose attention, cross entropy and
+indexer loss run in chunked loops) it reports a fraction of the work. Here every ``dot`` in
+the compiled module counts 2 x (output elements) x (contracted elements), and a computation
+called from a ``while`` counts ``known_trip_count`` times (the bound XLA itself recorded in the
+loop's backend config; else the single integer constant of its condition, ``i < N``). A loop
+whose bound cannot be read is counted once and reported in ``unknown_trip_counts``.
+
+Only dots (and convolutions, as dots over their window) are counted: elementwise work, which
+XLA counts as one FLOP per element, is a few percent of a transformer's and is left out, as
+model-FLOPs conventions do. What is counted is what this backend's program does: on CPU the
+MoE runs as padded blocks (``model/blocked_experts.py``) or, with ``ragged_dot``, as every
+row times every expert, and those are the FLOPs reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+_HEADER = re.compile(r"^(?:ENTRY )?%(\S+) \(.*\{$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z][a-z0-9\-]*)\((.*)$")
+_TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = \(")
+_SHAPE = re.compile(r"^[a-z0-9]+\[([0-9,]*)\]")
+_OPERAND = re.compile(r"%([\w.\-]+)")
+_CALLEE = re.compile(r"\b(?:body|calls|to_apply)=%([\w.\-]+)")
+_PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
+_BODY = re.compile(r"\bbody=%([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CONSTANT = re.compile(r"= s(?:32|64)\[\]\S* constant\((\d+)\)")
+_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
+_WINDOW = re.compile(r"window=\{size=([0-9x]+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulFlops:
+    flops: float  # per execution of the program
+    dots: int  # dot instructions executed (trip counts applied)
+    unknown_trip_counts: int  # loops counted once because their bound could not be read
+
+
+def _dims(shape: str) -> list[int] | None:
+    match = _SHAPE.match(shape)
+    if not match:
+        return None
+    return [int(d) for d in match.group(1).split(",") if d]
+
+
+def _split(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+    computations: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = header.group(1)
+            computations[current] = []
+            if line.startswith("ENTRY"):
+                entry = current
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            computations[current].append(line)
+    if entry is None:
+        raise ValueError("no ENTRY computation in the HLO text")
+    return computations, entry
+
+
+def _dot_flops(output: list[int], lhs: list[int] | None, rest: str) -> float:
+    contracting = _CONTRACTING.search(rest)
+    if lhs is None or contracting is None:
+        return 0.0
+    contracted = math.prod(lhs[int(d)] for d in contracting.group(1).split(",") if d)
+    return 2.0 * math.prod(output) * contracted
+
+
+def _convolution_flops(output: list[int], lhs: list[int] | None, rest: str) -> float:
+    window = _WINDOW.search(rest)
+    if lhs is None or window is None:
+        return 0.0
+    kernel = math.prod(int(s) for s in window.group(1).split("x"))
+    input_features = lhs[-1]  # XLA's default layouts put features last; good enough to flag use
+    return 2.0 * math.prod(output) * kernel * input_features
+
+
+def matmul_flops(hlo_text: str) -> MatmulFlops:
+    """FLOPs of every dot in ``hlo_text`` (``compiled.as_text()``), loops unrolled by count."""
+    computations, entry = _split(hlo_text)
+    own: dict[str, tuple[float, int]] = {}
+    # Per computation: (callees, times). One callee, or a conditional's branches (the costliest
+    # counts: the work when the step runs); times None: a loop whose bound is unknown.
+    calls: dict[str, list[tuple[tuple[str, ...], int | None]]] = {}
+    unknown = 0
+    for name, lines in computations.items():
+        shapes: dict[str, list[int] | None] = {}
+        flops, dots, calls[name] = 0.0, 0, []
+        for line in lines:
+            match = _INSTRUCTION.match(line)
+            if not match:
+                if _TUPLE_INSTRUCTION.match(line):
+                    _collect_calls(line, computations, calls[name])
+                continue
+            result, shape, opcode, rest = match.groups()
+            shapes[result] = _dims(shape)
+            if opcode in ("dot", "convolution"):
+                operands = _OPERAND.findall(rest.split(")", 1)[0])
+                lhs = shapes.get(operands[0]) if operands else None
+                counter = _dot_flops if opcode == "dot" else _convolution_flops
+                flops += counter(shapes[result] or [], lhs, rest)
+                dots += 1
+            _collect_calls(line, computations, calls[name])
+        own[name] = (flops, dots)
+    memo: dict[str, tuple[float, int]] = {}
+
+    def total(name: str) -> tuple[float, int]:
+        nonlocal unknown
+        if name not in memo:
+            memo[name] = (0.0, 0)  # a cycle would count once
+            flops, dots = own.get(name, (0.0, 0))
+            for callees, times in calls.get(name, ()):
+                if times is None:
+                    unknown += 1
+                    times = 1
+                sub_flops, sub_dots = max(total(callee) for callee in callees)
+                flops, dots = flops + times * sub_flops, dots + times * sub_dots
+            memo[name] = (flops, dots)
+        return memo[name]
+
+    flops, dots = total(entry)
+    return MatmulFlops(flops, dots, unknown)
+
+
+def _collect_calls(line: str, computations: dict[str, list[str]],
+                   into: list[tuple[tuple[str, ...], int | None]]) -> None:
+    body = _BODY.search(line)
+    for callee in _CALLEE.findall(line):
+        if body and callee == body.group(1):
+            into.append(((callee,), _trip_count(line, computations)))
+        else:
+            into.append(((callee,), 1))
+    branches = _PREDICATED.findall(line)
+    for group in _BRANCHES.findall(line):
+        branches += re.findall(r"%([\w.\-]+)", group)
+    if branches:  # a conditional runs one branch: count the costliest
+        into.append((tuple(branches), 1))
+
+
+def _trip_count(line: str, computations: dict[str, list[str]]) -> int | None:
+    known = _TRIP_COUNT.search(line)
+    if known:
+        return int(known.group(1))
+    condition = _CONDITION.search(line)
+    bounds = [int(v) for cond_line in computations.get(condition.group(1), ()) if condition
+              for v in _CONSTANT.findall(cond_line)]
+    return bounds[0] if len(bounds) == 1 else None

@@ -1,0 +1,100 @@
+"""The pod scale of a table: its rows' configs and the commands that would train and plan them.
+
+Nobody here has a pod, so ``--scale=pod`` runs nothing by default: it writes each row's
+resolved training config (DIR/pod/<row>.json), DIR/pod/commands.sh (one ``launch/tpu.py``
+training command and one ``python -m glm5_jax.plan`` command per row, with the row's
+topology), and a table of what can be known without a pod: parameters, active parameters and
+the formula's FLOPs per token. With ``--plan`` it also compiles every row for its topology
+with ``glm5_jax.plan`` (libtpu, minutes per row) and adds the planner's verdict: fits, peak
+HBM per chip, roofline step time and MFU.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from glm5_jax.reproduce.context import Context
+from glm5_jax.reproduce.experiment_files import flatten, training_config
+from glm5_jax.reproduce.plots import figure
+from glm5_jax.reproduce.scales import REPO
+from glm5_jax.reproduce.table_files import Table
+from glm5_jax.sweep.grid import override_flags
+
+PLAN_TIMEOUT_S = 3600
+COLUMNS = [("row", "row"), ("topology", "topology"), ("total_params", "parameters"),
+           ("active_params", "active params/token"), ("train_flops_formula", "train FLOPs/token (formula)"),
+           ("fits", "fits (planner)"), ("peak_gib", "peak GiB/chip (planner)"),
+           ("step_s", "roofline step s (planner)"), ("mfu", "roofline MFU (planner)")]
+
+
+def commands(context: Context, name: str, overrides: dict[str, Any], topology: str) -> tuple[list[str], list[str]]:
+    """(training command through launch/tpu.py, planner command) for one row."""
+    flags = override_flags(flatten(overrides))
+    workdir = f"gs://YOUR_BUCKET/repro/{context.name}/{name}"
+    train = ["python", "launch/tpu.py", "--mode=xpk", "--xpk_cluster=YOUR_CLUSTER", f"--tpu_type={topology}",
+             "--num_slices=1", "--zone=YOUR_ZONE", "--image=YOUR_IMAGE", f"--workdir={workdir}", "--",
+             "python", "-m", "glm5_jax.train", f"--config={context.config_argument}", f"--workdir={workdir}", *flags]
+    plan = ["python", "-m", "glm5_jax.plan", f"--config={context.config_argument}", f"--topology={topology}",
+            "--json", *flags]
+    return train, plan
+
+
+def run_planner(plan_command: list[str]) -> dict[str, Any]:
+    """The planner's JSON line, or {"error": ...}."""
+    result = subprocess.run([sys.executable, *plan_command[1:]], cwd=REPO, capture_output=True, text=True,
+                            timeout=PLAN_TIMEOUT_S, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict, dict]]]) -> Table:
+    from glm5_jax.model.param_count import count_parameters
+    from glm5_jax.train.experiment import model_config_from
+    from glm5_jax.train.flops import training_flops_per_token
+
+    pod_dir = context.workdir / "pod"
+    pod_dir.mkdir(parents=True, exist_ok=True)
+    script = ["#!/bin/sh", f"# {context.name} at pod scale: set YOUR_* first; run from the repository root.", ""]
+    rows = []
+    topologies = dict(context.spec.get("topologies", {}))
+    for name, (identity, overrides) in points(context).items():
+        config = training_config(context.experiment, context.scale, overrides)
+        (pod_dir / f"{name}.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        model_config = model_config_from(config, config.data.vocab_size)
+        counts = count_parameters(model_config)
+        topology = topologies.get(identity.get("size"), topologies.get("default", "v5p-256"))
+        train, plan = commands(context, name, overrides, topology)
+        script += [f"# {name}", shlex.join(train), shlex.join(plan), ""]
+        row = {"row": name, **identity, "topology": topology, "total_params": counts["total_without_mtp"],
+               "active_params": counts["active_per_token"],
+               "train_flops_formula": training_flops_per_token(model_config, config.seq_len),
+               "provenance": {"config": context.config_argument, "overrides": flatten(overrides),
+                              "seed": identity.get("seed"), "commands": [shlex.join(train), shlex.join(plan)]}}
+        if context.run_planner:
+            context.echo(f"[{name}] planning on {topology}")
+            planned = run_planner(plan)
+            row["plan"] = planned
+            if "error" not in planned:
+                row.update(fits=planned.get("fits"), peak_gib=planned.get("peak_bytes_per_device", 0) / 2**30,
+                           step_s=planned.get("step_s"), mfu=planned.get("mfu"))
+        rows.append(row)
+    (pod_dir / "commands.sh").write_text("\n".join(script))
+    plot = "pod_flops.png"
+    with figure(context.workdir / plot) as axes:
+        axes.barh([r["row"] for r in rows], [r["train_flops_formula"] for r in rows])
+        axes.set_xscale("log")
+        axes.set_xlabel("training FLOPs per token (train/flops.py formula)")
+        axes.set_title(f"{context.name} at pod scale (planned, not run)")
+    notes = [("Configs: pod/<row>.json; commands: pod/commands.sh (launch/tpu.py with xpk, then "
+              "glm5_jax.plan). Nothing here ran on a TPU."),
+             "Planner columns are n/a unless --plan was given (each row compiles for minutes)."]
+    return Table(name=context.name, title=f"{context.name} at pod scale: configs and commands",
+                 scale="pod", paper=list(context.spec.get("paper", ())), columns=COLUMNS, rows=rows,
+                 comparison=[], plots=[plot], notes=notes, status="planned")

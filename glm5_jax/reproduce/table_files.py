@@ -1,0 +1,105 @@
+"""A reproduced table and its files: ``DIR/table.json`` (everything), ``DIR/table.md`` (to read).
+
+A table has the paper's claims with their source, its rows (each with the config, overrides,
+seed, commit and workdir that produced it), a comparison of our headline numbers with the
+paper's, its plots (PNG files beside it), notes on what a number means, and the provenance of
+the run (command, commit, host load). A value that could not be measured is None (shown as
+"n/a" with the reason in the row's ``status`` or the notes), never a made-up number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+TABLE_JSON = "table.json"
+TABLE_MD = "table.md"
+
+
+@dataclasses.dataclass
+class Table:
+    name: str
+    title: str
+    scale: str
+    paper: list[dict[str, Any]]  # {"claim": text, "value": number, "source": text}
+    columns: list[tuple[str, str]]  # (row key, column label)
+    rows: list[dict[str, Any]]  # values by column key; "provenance": how the row was made
+    comparison: list[dict[str, Any]]  # {"quantity", "paper", "ours", "note"}
+    plots: list[str]  # PNG file names beside table.json
+    notes: list[str]
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status: str = "complete"  # complete | incomplete (a row failed or is missing) | planned (pod)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "columns": [list(c) for c in self.columns]}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    return str(value).replace("|", "/").replace("\n", " ")
+
+
+def markdown_rows(columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(label for _, label in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
+    return lines
+
+
+def markdown(table: Table) -> str:
+    lines = [f"### {table.title} (scale: {table.scale})", ""]
+    for claim in table.paper:
+        lines.append(f"- Paper: {claim['claim']} ({claim['source']})")
+    lines.append("")
+    if table.comparison:
+        lines += markdown_rows([("quantity", "quantity"), ("paper", "paper"), ("ours", "ours"),
+                                ("note", "note")], table.comparison)
+        lines.append("")
+    lines += markdown_rows(table.columns, table.rows)
+    lines.append("")
+    for plot in table.plots:
+        lines += [f"![{table.name}: {Path(plot).stem}]({plot})", ""]
+    lines += [f"- {note}" for note in table.notes]
+    provenance = table.provenance
+    if provenance:
+        lines += ["", (f"Produced by `{provenance.get('command')}` at commit {provenance.get('commit')} "
+                      f"({provenance.get('started')}, {provenance.get('wall_s')} s wall; 1-minute load "
+                      f"average over the run {_load(provenance.get('load_average_1min'))}). Every row's "
+                      "config, overrides, seed and commit are in table.json.")]
+    if table.status != "complete":
+        lines += ["", f"Status: **{table.status}**."]
+    return "\n".join(lines) + "\n"
+
+
+def _load(summary: dict | None) -> str:
+    if not summary:
+        return "n/a"
+    return (f"min {summary['min']}, median {summary['median']}, max {summary['max']} on "
+            f"{summary['cpu_count']} cores")
+
+
+def write_table(workdir: Path, table: Table) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / TABLE_JSON).write_text(json.dumps(table.to_json(), indent=1, default=_jsonable) + "\n")
+    (workdir / TABLE_MD).write_text(markdown(table))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)

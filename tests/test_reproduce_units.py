@@ -1,0 +1,94 @@
+"""The reproduction's pieces: compiled-FLOP counting, the iso-loss interpolation, experiment
+files and the command line's refusals (the tables themselves: test_reproduce_smoke.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from glm5_jax.errors import UserError
+from glm5_jax.reproduce.experiment_files import table_spec, training_config
+from glm5_jax.reproduce.hlo_flops import matmul_flops
+from glm5_jax.reproduce.iso_loss import dense_flops_at_loss, iso_loss_ratio
+from glm5_jax.reproduce.scales import REPO
+from glm5_jax.reproduce.tables import TABLES
+
+
+def _compiled_text(function, *args) -> str:
+    return jax.jit(function).lower(*args).compile().as_text()
+
+
+@pytest.mark.parametrize("layers", [1, 3, 6])
+def test_a_scanned_matmul_counts_once_per_iteration(layers):
+    def stack(x, w):
+        return jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)[0].sum()
+
+    x, w = jnp.ones((16, 32)), jnp.ones((layers, 32, 32))
+    counted = matmul_flops(_compiled_text(stack, x, w))
+    assert counted.flops == 2 * 16 * 32 * 32 * layers
+    assert counted.unknown_trip_counts == 0
+    # XLA's own analysis counts the body once: the reason hlo_flops exists.
+    xla = jax.jit(stack).lower(x, w).compile().cost_analysis()["flops"]
+    assert layers == 1 or xla < counted.flops
+
+
+def test_batched_dot_and_nested_loops_multiply():
+    def nested(x, w):
+        def outer(h, _):
+            return jax.lax.fori_loop(0, 3, lambda i, g: jnp.einsum("bij,bjk->bik", g, w), h), None
+        return jax.lax.scan(outer, x, None, length=2)[0].sum()
+
+    x, w = jnp.ones((4, 8, 8)), jnp.ones((4, 8, 8))
+    assert matmul_flops(_compiled_text(nested, x, w)).flops == 2 * 4 * 8 * 8 * 8 * 3 * 2
+
+
+def test_a_conditional_counts_its_costliest_branch():
+    def branchy(a, b):
+        return jax.lax.cond(a.sum() > 0, lambda: a @ b @ b, lambda: a)
+
+    a = jnp.ones((8, 8))
+    assert matmul_flops(_compiled_text(branchy, a, a)).flops == 2 * 2 * 8 * 8 * 8
+
+
+def test_dense_compute_is_interpolated_in_log_flops_between_sizes():
+    dense = [(100.0, 4.0), (400.0, 3.0), (1600.0, 2.5)]
+    assert dense_flops_at_loss(dense, 4.0) == pytest.approx(100.0)
+    assert dense_flops_at_loss(dense, 3.5) == pytest.approx(200.0)  # halfway in log: sqrt(100 * 400)
+    assert dense_flops_at_loss(dense, 2.75) == pytest.approx(800.0)
+    assert iso_loss_ratio(124.0, 3.5, dense) == pytest.approx(0.62)
+    assert dense_flops_at_loss(dense, 2.0) is None and dense_flops_at_loss(dense, 4.5) is None
+    assert dense_flops_at_loss([(100.0, 3.0), (400.0, 3.2)], 3.1) is None  # loss rose with compute
+
+
+def test_bad_scale_and_unknown_fields_name_what_is_allowed():
+    with pytest.raises(UserError, match=r"allowed: \['smoke', 'cpu', 'pod'\]"):
+        training_config("experiments/paper/cost.py", "large")
+    with pytest.raises(UserError, match="unknown field 'model_overrides.hiden_size'.*hidden_size"):
+        training_config("experiments/paper/cost.py", "smoke", {"model_overrides": {"hiden_size": 8}})
+    with pytest.raises(UserError, match="unknown field 'sedes'"):
+        table_spec("experiments/paper/cost.py", "smoke", ["sedes=0,1"])
+    assert table_spec("experiments/paper/cost.py", "smoke", ["seeds=0,1"]).seeds == (0, 1)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "glm5_jax.reproduce", *args], cwd=REPO, check=False,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_lists_the_tables_and_refuses_bad_input(tmp_path):
+    listed = _cli("--list")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == list(TABLES)
+    for args, message in (
+            (["costs", "--scale=smoke", f"--workdir={tmp_path}"], "table 'costs' is unknown; allowed:"),
+            (["cost", "--scale=tiny", f"--workdir={tmp_path}"], "scale='tiny'"),
+            (["cost", "--scale=smoke"], "--workdir is required"),
+            (["cost", "--scale=cpu", f"--workdir={tmp_path}", "--plan"], "--plan compiles pod configs"),
+            (["cost", "--scale=smoke", f"--workdir={tmp_path}", "--seeds=1"], "--table.KEY=VALUE")):
+        result = _cli(*args)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
