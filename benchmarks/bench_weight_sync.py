@@ -16,8 +16,8 @@ replicated vectors). Side by side, each ``--repeats`` times, the same bytes:
   sharding (one process here: the reader's fixed costs are not counted);
 * **device_put** (``local_weight_sync.reshard``): learner mesh to a rollout mesh on devices 4-5
   of the same process;
-* **host copy**: ``np.copyto`` of a buffer of the same size, the host's copy bandwidth, which
-  any transfer through host memory is bounded by.
+* **host copy**: ``np.copyto`` of a buffer of the same size (5x the repeats: it is cheap and
+  noisy), the host's copy bandwidth, which any transfer through host memory is bounded by.
 
 Medians are printed with the load average: on the shared 2-core box a ratio is only
 meaningful as measured side by side in one run.
@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+if "BENCH_WEIGHT_SYNC_RECEIVER" not in os.environ:  # the worker process keeps its own 2 devices
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -100,7 +101,8 @@ def socket_sync(learner_tree, streams: int, repeats: int) -> list[float]:
     worker = subprocess.Popen(
         [sys.executable, "-c", RECEIVER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"),
                                                address=sender.address, streams=streams)],
-        stdin=subprocess.PIPE, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+        stdin=subprocess.PIPE, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                                    "BENCH_WEIGHT_SYNC_RECEIVER": "1"})
     try:
         deadline = time.monotonic() + 300
         while not sender.connected_workers():
@@ -175,7 +177,7 @@ def main() -> None:
 
     rows = []
     for name, seconds in [
-            ("host copy (np.copyto), the bound", host_copy(nbytes, args.repeats)),
+            ("host copy (np.copyto), the bound", host_copy(nbytes, 5 * args.repeats)),
             ("socket sync, 1 stream (ours)", socket_sync(learner, 1, args.repeats)),
             ("socket sync, 4 streams (ours)", socket_sync(learner, 4, args.repeats)),
             ("weight file: device_get + msgpack + write + read + restore + device_put (before)",
@@ -198,8 +200,8 @@ def main() -> None:
         "|---|---|---|---|---|"]
     for name, median, seconds in rows:
         rate = nbytes / median
-        lines.append(f"| {name} | {median:.3f} | {rate / 2**20:,.0f} | {rate / copy_bandwidth:.2f}x | "
-                     + ", ".join(f"{s:.3f}" for s in seconds) + " |")
+        lines.append(f"| {name} | {median:.4f} | {rate / 2**20:,.0f} | {rate / copy_bandwidth:.2f}x | "
+                     + ", ".join(f"{s:.4f}" for s in seconds) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -149,3 +149,60 @@ def test_lock_step_run_on_placed_devices_syncs_weights_without_files(tmp_path):
     assert model_bytes == sum(int(np.prod(x.shape)) * x.dtype.itemsize
                               for x in jax.tree.leaves({"params": shapes["params"],
                                                         "routing": shapes.get("routing", {})}))
+
+
+def test_a_learner_of_two_processes_shares_batches_and_sends_its_own_shards(tmp_path):
+    """``launch/local.py`` runs the learner as 2 processes x 2 CPU devices (fsdp=4 across them);
+    process 0 runs the worker (2 devices, tensor=2) and shares each batch; each process streams
+    only its shards, which together are the model once; the lock-step worker samples with the
+    weights being trained; the eval snapshots are gathered whole."""
+    import os
+    import subprocess
+    import sys
+
+    from flax import serialization
+
+    from test_rl_end_to_end import REPO
+
+    _, config_path = small_config(tmp_path)
+    workdir = tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # devices come from the launcher
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    completed = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=2",
+         f"--workdir={workdir}", "--grace_seconds=5", "--", sys.executable, "-m", "glm5_jax.rl",
+         f"--config={config_path}", f"--workdir={workdir}", "--config.mesh=fsdp=4", "--config.num_workers=1",
+         "--config.placement.rollout_devices_per_worker=2", "--config.mode=sync", "--config.total_steps=2",
+         "--config.checkpoint_every=2", "--config.eval.every=1", "--config.eval.batch_rows=8"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
+
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert info["process_count"] == 2 and len(info["weight_sync"]["addresses"]) == 2
+    assert sorted({d["process_index"] for d in info["learner"]["devices"]}) == [0, 1]
+    assert len(info["learner"]["devices"]) == 4 and info["learner"]["mesh"]["fsdp"] == 4
+    [worker] = info["workers"]
+    assert len(worker["devices"]) == 2 and worker["mesh"]["tensor"] == 2
+
+    from glm5_jax.model import GLM5Model, abstract_variables
+    from glm5_jax.rl.experiment_setup import make_tokenizer
+    from glm5_jax.rl.policy import policy_model_config
+
+    config = small_config(tmp_path)[0]
+    tokenizer = make_tokenizer(config)
+    shapes = abstract_variables(GLM5Model(policy_model_config(config, tokenizer.vocab_size, tokenizer.bos_id,
+                                                              tokenizer.eos_id, tokenizer.pad_id)))
+    shapes = {"params": shapes["params"], "routing": shapes.get("routing", {})}
+    model_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert_accounted(record)
+        assert record["staleness_histogram"] == {"0": 8}
+        assert record["learner/logprob_mismatch"] <= 1e-4
+        assert record["weight_sync_bytes"] == model_bytes  # one worker: the model once, in total
+        by_process = record["weight_sync/bytes_by_process"]
+        assert len(by_process) == 2 and all(0 < b < model_bytes for b in by_process)
+    for step in (0, 1, 2):
+        snapshot = serialization.msgpack_restore((workdir / "eval_snapshots" / f"step_{step}.msgpack").read_bytes())
+        assert jax.tree.map(np.shape, snapshot) == jax.tree.map(lambda x: x.shape, shapes)

@@ -460,3 +460,23 @@ def test_in_process_resharding_onto_overlapping_devices_is_still_a_copy():
     moved = reshard(source, replicated_on_overlap)
     jax.tree.map(lambda leaf: leaf.delete(), source)
     assert_bit_equal(moved, reference)
+
+
+def test_a_version_sent_again_is_acknowledged_again():
+    """If a worker's acknowledgement was lost (its connection broke just then), the learner
+    sends the version again; the worker, which has it, must say so rather than stay silent
+    (the learner would wait for it until its timeout)."""
+    tree = synthetic_tree(make_mesh("fsdp=4", jax.devices()[:4]))
+    fake = FakeLearner(tree)
+    receiver = WeightReceiver([fake.address], synthetic_sharding_for(worker_mesh()), worker_id=0, streams=2)
+    try:
+        connections = fake.accept()
+        fake.send_version(connections, 1, tree)
+        assert recv_header(connections[0]) == {"kind": "staged", "version": 1}
+        fake.send_version(connections, 1, tree)
+        connections[0].settimeout(TIMEOUT_S)
+        assert recv_header(connections[0]) == {"kind": "staged", "version": 1}
+        assert receiver.refresh() and receiver.version == 1 and not receiver.refresh()
+    finally:
+        receiver.close()
+        fake.close()

@@ -12,18 +12,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 from flax import serialization
 
 from glm5_jax.rl.evaluation import SNAPSHOTS, keep_snapshot
+from glm5_jax.rl.learner_processes import host_tree, is_main_process
 
 
 def write_eval_snapshot(workdir: str | os.PathLike, variables: Any, step: int, policy_version: int,
                         wall_time: float, samples: int) -> None:
+    """Every learner process calls it (the weights are gathered); process 0 writes."""
+    host = host_tree(variables)
+    if not is_main_process():
+        return
     directory = Path(workdir) / SNAPSHOTS
     directory.mkdir(parents=True, exist_ok=True)
     temporary = directory / f".step_{step}.{os.getpid()}.tmp"
-    temporary.write_bytes(serialization.msgpack_serialize(jax.device_get(variables)))
+    temporary.write_bytes(serialization.msgpack_serialize(host))
     try:
         keep_snapshot(workdir, temporary, step, policy_version, wall_time, samples)
     finally:

@@ -23,8 +23,8 @@ def reshard(variables: Any, sharding_for: ShardingFor) -> dict[str, Any]:
     moved = jax.device_put([leaf for _, leaf in items], targets, may_alias=False)
     # device_put may hand a target replica the source's own buffer when their devices overlap
     # (even with may_alias=False); copy those on their target devices.
-    moved = [jnp.copy(new) if set(leaf.devices()) & set(new.devices()) else new
-             for (_, leaf), new in zip(items, moved)]
+    moved = [jnp.copy(new) if isinstance(leaf, jax.Array) and set(leaf.devices()) & set(new.devices())
+             else new for (_, leaf), new in zip(items, moved)]
     return unflatten_dict_tree([(path, leaf) for (path, _), leaf in zip(items, moved)])
 
 

@@ -12,11 +12,14 @@ every worker has compiled its sampler and the learner its step (compilation is a
 cost that both modes pay identically and that would otherwise dominate a short CPU run).
 
 Weights travel shard by shard from the learner's devices to the workers' (``weight_sender``);
-an asynchronous run trains on while a version is in flight, a lock-step run waits for it.
+an asynchronous run trains on while a version is in flight, a lock-step run waits for it. A
+learner of several processes runs this same loop in each; process 0 alone runs the workers,
+the buffer and the files, and shares each batch (``learner_processes``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -32,6 +35,8 @@ from glm5_jax.rl.coordinator import RolloutCoordinator
 from glm5_jax.rl.eval_snapshots import write_eval_snapshot
 from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
 from glm5_jax.rl.learner import Learner
+from glm5_jax.rl.learner_processes import (in_turn, is_main_process, share_batch,
+                                           weight_sync_totals)
 from glm5_jax.rl.placement import (learner_devices, process_record, resolved_rollout_platform,
                                    validate_placement)
 from glm5_jax.rl.policy import policy_model_config
@@ -93,11 +98,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
           on_step: StepHook | None = None) -> dict[str, Any]:
     """Run (or resume) ``config`` in ``workdir``; returns the last metrics record."""
     validate(config)
+    main = is_main_process()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     configure_compilation_cache(config.compilation_cache_dir)
     mesh = learner_mesh(config)
-    (workdir / "config.json").write_text(config.to_json(indent=2))
+    if main:
+        (workdir / "config.json").write_text(config.to_json(indent=2))
     tokenizer, tasks = make_tokenizer(config), make_tasks(config)
     model_config = policy_model_config(config, tokenizer.vocab_size, tokenizer.bos_id,
                                        tokenizer.eos_id, tokenizer.pad_id)
@@ -106,7 +113,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
     def prompt_of(task) -> str:
         return make_env(task).reset()
 
-    variables, warm_info = warm_start_variables(config, model_config, tasks, tokenizer, prompt_of, log)
+    variables, warm_info = in_turn(lambda: warm_start_variables(config, model_config, tasks, tokenizer,
+                                                                prompt_of, log), "rl warm start")
     learner = Learner(config, model_config, variables, mesh=mesh)
     log(f"learner step compiled in {learner.compile_seconds:.1f}s")
     buffer = TrajectoryBuffer(config.group_size, config.max_staleness, config.capacity_groups)
@@ -129,42 +137,48 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
     try:
         sender.publish(version, learner.variables)
         platform = mesh.devices.flat[0].platform
-        launch = worker_launch(addresses, resolved_rollout_platform(config, platform),
-                               len([d for d in mesh.devices.flat if d.process_index == 0]))
-        pool = make_pool(config, launch)
-        coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
-                                         config.seed + 7919 * resumes, config.max_worker_restarts,
-                                         log, order_prefix=f"r{resumes}",
-                                         lock_step=config.mode == "sync")
-        pool.start_all()
-        coordinator.wait_until_ready(config.num_workers, config.worker_start_timeout_s)
-        log(f"{config.num_workers} rollout workers ready ({config.backend} backend); "
-            f"mode {config.mode}")
-        write_run_info(workdir, describe(
-            mesh, learner=process_record(list(mesh.devices.flat), mesh, platform=platform),
-            workers=[pool.ready_info.get(w, {}).get("placement") for w in range(config.num_workers)],
-            weight_sync={"addresses": addresses, "streams": config.weight_sync.streams}))
-        coordinator.dispatch_enabled = True
-        if config.mode == "async":
-            coordinator.start_background()
+        if main:  # the workers, the buffer, the metrics: process 0's
+            launch = worker_launch(addresses, resolved_rollout_platform(config, platform),
+                                   len([d for d in mesh.devices.flat if d.process_index == 0]))
+            pool = make_pool(config, launch)
+            coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
+                                             config.seed + 7919 * resumes, config.max_worker_restarts,
+                                             log, order_prefix=f"r{resumes}",
+                                             lock_step=config.mode == "sync")
+            pool.start_all()
+            coordinator.wait_until_ready(config.num_workers, config.worker_start_timeout_s)
+            log(f"{config.num_workers} rollout workers ready ({config.backend} backend); "
+                f"mode {config.mode}")
+            write_run_info(workdir, describe(
+                mesh, learner=process_record(list(mesh.devices.flat), mesh, platform=platform),
+                workers=[pool.ready_info.get(w, {}).get("placement") for w in range(config.num_workers)],
+                weight_sync={"addresses": addresses, "streams": config.weight_sync.streams}))
+            coordinator.dispatch_enabled = True
+            if config.mode == "async":
+                coordinator.start_background()
+            busy_at_start = coordinator.worker_busy_s
         clock = time.perf_counter() - elapsed
-        busy_at_start, idle_s, train_s_total, trained_tokens = coordinator.worker_busy_s, 0.0, 0.0, 0
+        idle_s, train_s_total, trained_tokens = 0.0, 0.0, 0
         for step in range(start_step, config.total_steps):
             wait_start = time.perf_counter()
-            if config.mode == "async":
-                groups = coordinator.take(config.groups_per_batch, version, config.batch_timeout_s)
-            else:
-                groups = coordinator.lock_step_round(config.groups_per_batch, version,
-                                                     config.batch_timeout_s)
-            train_start = time.perf_counter()
+            batch = None
+            if main:
+                if config.mode == "async":
+                    groups = coordinator.take(config.groups_per_batch, version, config.batch_timeout_s)
+                else:
+                    groups = coordinator.lock_step_round(config.groups_per_batch, version,
+                                                         config.batch_timeout_s)
+                train_start = time.perf_counter()
+                batch, info = build_batch(groups, config.seq_len, config.gamma,
+                                          config.normalize_advantages_by_std, tokenizer.pad_id)
+                histogram = staleness_histogram(groups, version)
+            batch = share_batch(batch, config)  # every learner process trains on process 0's
+            if not main:
+                train_start = time.perf_counter()
             idle_s += train_start - wait_start
-            batch, info = build_batch(groups, config.seq_len, config.gamma,
-                                      config.normalize_advantages_by_std, tokenizer.pad_id)
             train_metrics = learner.train(batch)
             train_s = time.perf_counter() - train_start
             train_s_total += train_s
-            trained_tokens += info.policy_tokens
-            histogram = staleness_histogram(groups, version)
             blocked_s = 0.0  # how long this step's push held the learner up
             if (step + 1) % config.sync_every == 0:
                 version += 1
@@ -173,44 +187,46 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
                     blocked_s += sender.wait_delivered(version, config.batch_timeout_s)
                 if config.reset_optimizer_on_push:
                     learner.reset_optimizer()
+            sync_metrics = weight_sync_totals(sender.metrics())
             now = time.perf_counter()
             wall = now - clock
-            run_wall = max(now - (clock + elapsed), 1e-9)  # this process's share of the clock
-            shared = coordinator.metrics()
-            record = {
-                "step": step + 1, "wall_time": wall, "policy_version": version,
-                "reward": info.mean_reward, "pass_rate": info.pass_rate,
-                **{f"reward/{term}": info.reward_terms.get(term, 0.0) for term in TERMS},
-                "samples": info.samples, "mean_turns": info.mean_turns,
-                "truncated_samples": info.truncated_samples,
-                "staleness_histogram": histogram, "dropped_samples": shared["buffer/dropped"],
-                "learner_idle_fraction": idle_s / run_wall,
-                "worker_utilisation": (shared["workers/busy_s"] - busy_at_start)
-                / (run_wall * config.num_workers),
-                "tokens_per_s/generated": shared["workers/generated_tokens"] / run_wall,
-                "tokens_per_s/trained": trained_tokens / run_wall,
-                "train_s": train_s, "wait_s": train_start - wait_start,
-                **{f"learner/{k}": v for k, v in train_metrics.items()}, **shared,
-                **sender.metrics(), "weight_sync/learner_blocked_s": blocked_s,
-            }
-            with open(workdir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if step % config.log_every == 0 or step + 1 == config.total_steps:
-                log(f"step {step + 1} t={wall:.1f}s v={version} reward={info.mean_reward:.3f} "
-                    f"pass={info.pass_rate:.2f} idle={record['learner_idle_fraction']:.2f} "
-                    f"util={record['worker_utilisation']:.2f} stale={histogram}")
-            if config.checkpoint_every and ((step + 1) % config.checkpoint_every == 0
-                                            or step + 1 == config.total_steps):
-                with coordinator.lock:
+            if main:
+                trained_tokens += info.policy_tokens
+                run_wall = max(now - (clock + elapsed), 1e-9)  # this process's share of the clock
+                shared = coordinator.metrics()
+                record = {
+                    "step": step + 1, "wall_time": wall, "policy_version": version,
+                    "reward": info.mean_reward, "pass_rate": info.pass_rate,
+                    **{f"reward/{term}": info.reward_terms.get(term, 0.0) for term in TERMS},
+                    "samples": info.samples, "mean_turns": info.mean_turns,
+                    "truncated_samples": info.truncated_samples,
+                    "staleness_histogram": histogram, "dropped_samples": shared["buffer/dropped"],
+                    "learner_idle_fraction": idle_s / run_wall,
+                    "worker_utilisation": (shared["workers/busy_s"] - busy_at_start)
+                    / (run_wall * config.num_workers),
+                    "tokens_per_s/generated": shared["workers/generated_tokens"] / run_wall,
+                    "tokens_per_s/trained": trained_tokens / run_wall,
+                    "train_s": train_s, "wait_s": train_start - wait_start,
+                    **{f"learner/{k}": v for k, v in train_metrics.items()}, **shared,
+                    **sync_metrics, "weight_sync/learner_blocked_s": blocked_s,
+                }
+                with open(workdir / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if step % config.log_every == 0 or step + 1 == config.total_steps:
+                    log(f"step {step + 1} t={wall:.1f}s v={version} reward={info.mean_reward:.3f} "
+                        f"pass={info.pass_rate:.2f} idle={record['learner_idle_fraction']:.2f} "
+                        f"util={record['worker_utilisation']:.2f} stale={histogram}")
+            last_step = step + 1 == config.total_steps
+            if config.checkpoint_every and ((step + 1) % config.checkpoint_every == 0 or last_step):
+                with coordinator.lock if main else contextlib.nullcontext():
                     buffer_state = buffer.state_dict()
                 checkpointer.save(step + 1, learner.state, {
                     "step": step + 1, "policy_version": version, "wall_time": wall,
                     "resumes": resumes, "buffer": buffer_state})
-            if config.eval.every and ((step + 1) % config.eval.every == 0
-                                      or step + 1 == config.total_steps):
+            if config.eval.every and ((step + 1) % config.eval.every == 0 or last_step):
                 write_eval_snapshot(workdir, learner.variables, step + 1, version, wall,
-                                    shared["buffer/consumed"])
-            if on_step is not None:
+                                    record.get("buffer/consumed", 0))
+            if main and on_step is not None:
                 on_step(step + 1, coordinator)
     finally:
         if coordinator is not None:

@@ -117,8 +117,8 @@ class WeightReceiver:
                 with self._lock:
                     self._ack_sockets[address] = sockets
                 broken = threading.Event()
-                readers = [threading.Thread(target=self._read_stream, args=(sock, broken), daemon=True)
-                           for sock in sockets]
+                readers = [threading.Thread(target=self._read_stream, args=(sock, sockets[0], broken),
+                                            daemon=True) for sock in sockets]
                 for reader in readers:
                     reader.start()
                 while not broken.is_set() and not self._closed.is_set():
@@ -136,12 +136,14 @@ class WeightReceiver:
                         pass
             self._closed.wait(RECONNECT_SECONDS)
 
-    def _read_stream(self, sock, broken: threading.Event) -> None:
+    def _read_stream(self, sock, ack_sock, broken: threading.Event) -> None:
         try:
             while True:
                 header = recv_header(sock)
                 if header["kind"] == "begin":
-                    self._begin(header)
+                    have = self._begin(header)
+                    if have is not None:  # a resend of what is staged: its acknowledgement was lost
+                        send_frame(ack_sock, {"kind": "staged", "version": have})
                 elif header["kind"] == "piece":
                     raw = recv_payload(sock, int(header["nbytes"]))  # all of it, or StreamClosed
                     self._add_piece(int(header["version"]), int(header["leaf"]),
@@ -150,18 +152,20 @@ class WeightReceiver:
             broken.set()
 
     # Assembly --------------------------------------------------------------------------------
-    def _begin(self, header: dict[str, Any]) -> None:
+    def _begin(self, header: dict[str, Any]) -> int | None:
+        """Start assembling the version; the staged version if it is already that or newer."""
         version = int(header["version"])
         with self._lock:
             if "layout" in header:
                 self._layouts[header["layout_id"]] = [LeafLayout.from_json(leaf) for leaf in header["layout"]]
             layout = self._layouts[header["layout_id"]]
             if self._staged is not None and version <= self._staged[0]:
-                return  # already have it (a resend after a reconnect)
+                return self._staged[0]
             if self._assembly is not None and self._assembly.version >= version:
-                return  # another stream began it; an unfinished one is kept and filled in
+                return None  # another stream began it; an unfinished one is kept and filled in
             self._assembly = _Assembly(version, layout, time.perf_counter(),
                                        [{} for _ in layout], [None] * len(layout), len(layout))
+            return None
 
     def _add_piece(self, version: int, leaf_index: int, bounds: Bounds, raw: np.ndarray) -> None:
         with self._lock:
