@@ -1,0 +1,177 @@
+"""Table 2, long context: dense MLA vs DSA on multi-key retrieval, accuracy against prompt length.
+
+Both rows (``experiments/paper/long_context.py``) train on the same retrieval documents with
+the same seed; then each is scored on the same prompts at every evaluation length
+(``retrieval_task.py``: teacher-forced exact match of the answer), and its prefill (batch 1)
+is timed against prompt length: the paper's limitation is DSA's routing overhead on short
+prompts. Retention is accuracy at the long length over accuracy at the short one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from glm5_jax.reproduce.context import Context
+from glm5_jax.reproduce.corpora import corpus_overrides
+from glm5_jax.reproduce.experiment_files import merge
+from glm5_jax.reproduce.plots import figure
+from glm5_jax.reproduce.points import point_dir, row_provenance, train_points
+from glm5_jax.reproduce.table_files import Table
+
+MEASUREMENTS = "long_context.json"
+EVAL_BATCH = 8  # prompts per forward pass
+PAD_MULTIPLE = 128  # prompts of one length are padded to one shape: one compile per length
+
+
+def points(context: Context) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    spec = context.spec
+    shared = corpus_overrides(context, spec) if context.scale != "pod" else {}
+    return {f"{row}-seed{seed}": ({"row": row, "seed": seed}, merge(overrides, {"seed": seed}, shared))
+            for row, overrides in spec.rows.items() for seed in spec.seeds}
+
+
+def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float:
+    """Fraction of the length's prompts whose answer the model reproduces exactly."""
+    import jax
+    import jax.numpy as jnp
+
+    from glm5_jax.model import GLM5Model
+    from glm5_jax.reproduce.retrieval_task import (
+        accuracy,
+        answer_positions,
+        evaluation_prompts,
+    )
+
+    examples = evaluation_prompts(spec.task, tokenizer, length, spec.eval_prompts, spec.eval_seed)
+    encoded = [answer_positions(tokenizer, e) for e in examples]
+    width = -(-max(len(ids) for ids, _ in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
+    model = GLM5Model(model_config)
+    predict = jax.jit(lambda v, ids, seg: jnp.argmax(model.apply(v, ids, None, seg), axis=-1))
+    correct = []
+    for start in range(0, len(encoded), EVAL_BATCH):
+        chunk = encoded[start:start + EVAL_BATCH]
+        ids = np.zeros((EVAL_BATCH, width), np.int32)
+        segments = np.zeros((EVAL_BATCH, width), np.int32)
+        for i, (tokens, _) in enumerate(chunk):
+            ids[i, :len(tokens)], segments[i, :len(tokens)] = tokens, 1
+        predicted = np.asarray(predict(variables, jnp.asarray(ids), jnp.asarray(segments)))
+        for i, (tokens, answer) in enumerate(chunk):
+            correct.append(all(predicted[i, t - 1] == tokens[t] for t in answer))
+    return accuracy(correct)
+
+
+def _prefill_seconds(model_config, variables, length: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    from glm5_jax.reproduce.measure import timed
+    from glm5_jax.sample import CachedGLM5, init_cache
+
+    model = CachedGLM5(model_config, fresh=True)
+    cache = init_cache(model_config, 1, length)
+    tokens = jnp.ones((1, length), jnp.int32)
+    positions = jnp.arange(length, dtype=jnp.int32)[None]
+    last = jnp.full((1,), length - 1, jnp.int32)
+    prefill = jax.jit(lambda v, t, p, c, i: model.apply(v, t, p, c, i))
+    return timed(lambda: prefill(variables, tokens, positions, cache, last), repeats=2)
+
+
+def measure_row(context: Context, name: str) -> dict[str, Any]:
+    from glm5_jax.data.tokenizer import document_tokenizer, load_tokenizer
+    from glm5_jax.sample.checkpoint import load_train_workdir
+    from glm5_jax.sweep.results import point_row
+
+    directory = point_dir(context, name)
+    cached = directory / MEASUREMENTS
+    if cached.exists():
+        return json.loads(cached.read_text())
+    spec = context.spec
+    model, variables = load_train_workdir(str(directory))
+    tokenizer = document_tokenizer(load_tokenizer(directory / "tokenizer.json"))
+    values: dict[str, Any] = {"final_train_ce": point_row(name, {}, {}, directory).get("final_ce_loss"),
+                              "index_topk": model.config.index_topk}
+    for length in spec.eval_lengths:
+        context.echo(f"[{name}] retrieval at {length} tokens")
+        values[f"acc_{length}"] = _accuracy_at(model.config, variables, tokenizer, spec, length)
+    for length in spec.latency_lengths:
+        values[f"prefill_s_{length}"] = _prefill_seconds(model.config, variables, length)
+    cached.write_text(json.dumps(values, indent=1) + "\n")
+    return values
+
+
+def build(context: Context) -> Table:
+    spec = context.spec
+    rows_spec = points(context)
+    statuses = train_points(context, {name: overrides for name, (_, overrides) in rows_spec.items()})
+    rows = []
+    short, long = spec.retention
+    for name, (identity, overrides) in rows_spec.items():
+        status = statuses[name].get("status", "pending")
+        row = {**identity, "status": status}
+        if status == "done":
+            row.update(measure_row(context, name))
+            base = row.get(f"acc_{short}")
+            row["retention"] = row[f"acc_{long}"] / base if base else None
+        elif statuses[name].get("error"):
+            row["error"] = statuses[name]["error"].splitlines()[-1]
+        row["provenance"] = row_provenance(context, name, overrides, identity["seed"])
+        rows.append(row)
+    columns = ([("row", "row"), ("seed", "seed"), ("status", "status"), ("index_topk", "index_topk"),
+                ("final_train_ce", "final train CE")]
+               + [(f"acc_{n}", f"acc @{n}") for n in spec.eval_lengths]
+               + [("retention", f"retention {long}/{short}")]
+               + [(f"prefill_s_{n}", f"prefill s @{n}") for n in spec.latency_lengths])
+    plots = [_plot(context, rows)]
+    comparison = []
+    for row in rows:
+        comparison.append({"quantity": f"{row['row']}: retention, accuracy at {long} / at {short}",
+                           "paper": spec.paper[0]["value"], "ours": row.get("retention"),
+                           "note": f"accuracy at {short}: {_fmt(row.get(f'acc_{short}'))}"})
+    notes = [
+        (f"Task: {spec.task.num_keys} keys (KEY_xy = dddd) at random depths in code-like filler, the "
+         "last line asks for one (assert KEY_xy == ); a prompt is correct when the argmax at every answer "
+         f"token is the answer (= greedy decoding of it). {spec.eval_prompts} prompts per length, the same "
+         "for both rows; both rows trained at "
+         f"{spec.train_length} tokens, so every longer length tests length generalisation."),
+        ("prefill s: best of 2 timed calls of the compiled prefill (batch 1, the row's attention: dense "
+         "MLA blockwise; DSA: the indexer's top-k gathered, dense while the prompt fits in index_topk); "
+         "wall-clock on a shared host (load average below)."),
+    ]
+    complete = all(r["status"] == "done" for r in rows)
+    return Table(name="long_context", title="Long context: dense MLA vs DSA on multi-key retrieval",
+                 scale=context.scale, paper=list(spec.paper), columns=columns, rows=rows,
+                 comparison=comparison, plots=plots, notes=notes,
+                 status="complete" if complete else "incomplete")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+
+
+def _plot(context: Context, rows: list[dict]) -> str:
+    spec = context.spec
+    name = "accuracy_and_prefill_vs_length.png"
+    with figure(context.workdir / name, size=(11, 4.5), columns=2) as (accuracy_axes, latency_axes):
+        for row in rows:
+            if row["status"] != "done":
+                continue
+            label = f"{row['row']} (seed {row['seed']})"
+            accuracy_axes.plot(spec.eval_lengths, [row[f"acc_{n}"] for n in spec.eval_lengths],
+                               marker="o", label=label)
+            latency_axes.plot(spec.latency_lengths, [row[f"prefill_s_{n}"] for n in spec.latency_lengths],
+                              marker="o", label=label)
+        accuracy_axes.axvline(spec.train_length, color="grey", linestyle=":", label="training length")
+        accuracy_axes.set_xscale("log", base=2)
+        accuracy_axes.set_ylim(-0.05, 1.05)
+        accuracy_axes.set_xlabel("prompt tokens")
+        accuracy_axes.set_ylabel("retrieval accuracy (exact answer)")
+        accuracy_axes.set_title(f"long_context, scale {context.scale}")
+        latency_axes.set_xscale("log", base=2)
+        latency_axes.set_yscale("log")
+        latency_axes.set_xlabel("prompt tokens")
+        latency_axes.set_ylabel("prefill seconds (batch 1)")
+    return name

@@ -1,0 +1,117 @@
+"""A synthetic long-context retrieval task a tiny model learns on CPU: multi-key recall in
+code-like filler.
+
+A document is lines of small Python-looking statements; ``num_keys`` of them are assignments
+``KEY_xy = 4821`` at random depths, and the last line asks for one of them:
+``assert KEY_xy == 4821``. Everything but the answer is predictable from local context or
+unpredictable noise; the answer can only come from finding the key's line (an induction
+copy across the whole document). Training documents fit the training length; evaluation
+prompts are built to a token length (1K ... 16K) with the keys spread over the whole prompt.
+
+Scoring is teacher-forced exact match: a prompt is correct when the model's argmax at every
+answer token equals the answer, which is what greedy decoding of the answer would produce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+
+_TEMPLATES = (
+    "x_{i} = x_{j} + {d}",
+    "y_{i} = y_{j} * {d}",
+    "if x_{i} > {d}:\n    x_{i} -= 1",
+    "for k in range({d}):\n    total += k",
+    "def fn_{i}(a, b):\n    return a * {d} + b",
+    "# step {i}: update the counters",
+    "items.append(x_{i})",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalExample:
+    prompt: str  # ends with "assert KEY_xy == "
+    answer: str  # the value, e.g. "4821"
+    depth: float  # where the queried key sits in the prompt, 0 (start) .. 1 (end)
+
+
+def _filler_line(rng: random.Random) -> str:
+    return rng.choice(_TEMPLATES).format(i=rng.randrange(100), j=rng.randrange(100), d=rng.randrange(10))
+
+
+def _keys(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    names: set[str] = set()
+    while len(names) < count:
+        names.add("KEY_" + "".join(rng.choices(string.ascii_lowercase, k=2)))
+    return [(name, str(rng.randrange(1000, 10000))) for name in sorted(names)]
+
+
+def _document(rng: random.Random, filler: list[str], num_keys: int) -> RetrievalExample:
+    keys = _keys(rng, num_keys)
+    lines = list(filler)
+    slots = sorted(rng.randrange(len(lines) + 1) for _ in keys)
+    order = list(range(num_keys))
+    rng.shuffle(order)
+    for offset, (slot, key_index) in enumerate(zip(slots, order, strict=True)):
+        name, value = keys[key_index]
+        lines.insert(slot + offset, f"{name} = {value}")
+    queried = rng.randrange(num_keys)
+    name, value = keys[queried]
+    position = next(i for i, line in enumerate(lines) if line.startswith(f"{name} = "))
+    prompt = "\n".join(lines) + f"\nassert {name} == "
+    return RetrievalExample(prompt, value, position / max(len(lines) - 1, 1))
+
+
+def training_documents(task: ml_collections.ConfigDict) -> list[str]:
+    """``task.num_documents`` complete documents (prompt + answer + newline)."""
+    rng = random.Random(task.seed)
+    documents = []
+    for _ in range(task.num_documents):
+        filler = [_filler_line(rng) for _ in range(rng.randint(task.min_lines, task.max_lines))]
+        example = _document(rng, filler, task.num_keys)
+        documents.append(example.prompt + example.answer + "\n")
+    return documents
+
+
+def write_retrieval_corpus(directory: Path, task: ml_collections.ConfigDict) -> None:
+    """The training documents as one JSONL file (the text-corpus builder reads it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "retrieval.jsonl").open("w") as out:
+        for text in training_documents(task):
+            out.write(json.dumps({"text": text}) + "\n")
+
+
+def evaluation_prompts(task: ml_collections.ConfigDict, tokenizer, length: int, count: int,
+                       seed: int) -> list[RetrievalExample]:
+    """``count`` prompts of about ``length`` tokens (filler added line by line until the
+    tokenizer's count reaches it), ``task.num_keys`` keys at random depths."""
+    rng = random.Random(f"{seed}-{length}")
+    examples = []
+    key_tokens = 8 * task.num_keys + 16  # room for the key lines and the question
+    for _ in range(count):
+        filler, tokens = [], 0
+        while tokens < length - key_tokens:
+            line = _filler_line(rng)
+            filler.append(line)
+            tokens += len(tokenizer.encode(line + "\n").ids)
+        examples.append(_document(rng, filler, task.num_keys))
+    return examples
+
+
+def answer_positions(tokenizer, example: RetrievalExample) -> tuple[list[int], list[int]]:
+    """(token ids of prompt + answer, indices of the answer's tokens): every token that ends
+    after the prompt's last character belongs to the answer."""
+    encoding = tokenizer.encode(example.prompt + example.answer)
+    boundary = len(example.prompt)
+    answer = [i for i, (_, end) in enumerate(encoding.offsets) if end > boundary]
+    return list(encoding.ids), answer
+
+
+def accuracy(correct: Sequence[bool]) -> float:
+    return sum(correct) / len(correct) if correct else float("nan")
