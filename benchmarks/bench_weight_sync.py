@@ -16,8 +16,13 @@ replicated vectors). Side by side, each ``--repeats`` times, the same bytes:
   sharding (one process here: the reader's fixed costs are not counted);
 * **device_put** (``local_weight_sync.reshard``): learner mesh to a rollout mesh on devices 4-5
   of the same process;
-* **host copy**: ``np.copyto`` of a buffer of the same size (5x the repeats: it is cheap and
-  noisy), the host's copy bandwidth, which any transfer through host memory is bounded by.
+* **host copy**: ``np.copyto`` of a buffer of the same size, the host's copy bandwidth, which
+  any transfer through host memory is bounded by;
+* **raw loopback socket**: the same bytes through one TCP connection between two threads, the
+  transport's own ceiling on this host.
+
+The paths take turns, one repeat of each per round (a warm-up round first, not counted), so
+the box's load swings reach all of them alike.
 
 Medians are printed with the load average: on the shared 2-core box a ratio is only
 meaningful as measured side by side in one run.
@@ -96,69 +101,98 @@ def tree_bytes(tree) -> int:
     return sum(int(np.asarray(leaf).nbytes) for _, leaf in flatten_dict_tree(tree))
 
 
-def socket_sync(learner_tree, streams: int, repeats: int) -> list[float]:
-    sender = WeightSender(streams=streams)
-    worker = subprocess.Popen(
-        [sys.executable, "-c", RECEIVER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"),
-                                               address=sender.address, streams=streams)],
-        stdin=subprocess.PIPE, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                                    "BENCH_WEIGHT_SYNC_RECEIVER": "1"})
-    try:
+class SocketSync:
+    """A sender here and a worker process with its own 2 devices (tensor=2), connected."""
+
+    def __init__(self, streams: int) -> None:
+        self.sender = WeightSender(streams=streams)
+        self.worker = subprocess.Popen(
+            [sys.executable, "-c", RECEIVER.format(root=str(ROOT), bench=str(ROOT / "benchmarks"),
+                                                   address=self.sender.address, streams=streams)],
+            stdin=subprocess.PIPE, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                                        "BENCH_WEIGHT_SYNC_RECEIVER": "1"})
         deadline = time.monotonic() + 300
-        while not sender.connected_workers():
-            if time.monotonic() > deadline or worker.poll() is not None:
+        while not self.sender.connected_workers():
+            if time.monotonic() > deadline or self.worker.poll() is not None:
                 raise SystemExit("the receiver process did not connect")
             time.sleep(0.05)
-        seconds = []
-        for version in range(repeats + 1):  # version 0 warms up (the copy's compilation)
-            sender.publish(version, learner_tree)
-            sender.wait_delivered(version, 600)
-            if version:
-                seconds.append(sender.metrics()["weight_sync_seconds"])
-        return seconds
-    finally:
-        worker.stdin.close()
-        worker.wait(timeout=60)
-        sender.close()
+        self.version = 0
+
+    def once(self, learner_tree) -> float:
+        """Publish to the worker's acknowledgement of the version assembled on its devices."""
+        self.version += 1
+        self.sender.publish(self.version, learner_tree)
+        self.sender.wait_delivered(self.version, 600)
+        return self.sender.metrics()["weight_sync_seconds"]
+
+    def close(self) -> None:
+        self.worker.stdin.close()
+        self.worker.wait(timeout=60)
+        self.sender.close()
 
 
-def weight_file(learner_tree, worker_shardings, repeats: int) -> list[float]:
-    seconds = []
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_FILE_DIR")) as directory:
-        path = Path(directory) / "policy_v1.msgpack"
-        for _ in range(repeats):
-            start = time.perf_counter()
-            data = serialization.msgpack_serialize(jax.device_get(learner_tree))
-            temporary = path.with_suffix(".tmp")
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-            restored = serialization.msgpack_restore(path.read_bytes())
-            placed = reshard(restored, worker_shardings)
-            jax.block_until_ready(placed)
-            seconds.append(time.perf_counter() - start)
-            del data, restored, placed
-    return seconds
+def weight_file_once(learner_tree, worker_shardings, directory: Path) -> float:
+    path = directory / "policy_v1.msgpack"
+    start = time.perf_counter()
+    data = serialization.msgpack_serialize(jax.device_get(learner_tree))
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+    restored = serialization.msgpack_restore(path.read_bytes())
+    jax.block_until_ready(reshard(restored, worker_shardings))
+    return time.perf_counter() - start
 
 
-def device_put_reshard(learner_tree, worker_shardings, repeats: int) -> list[float]:
-    seconds = []
-    for _ in range(repeats + 1):
+def device_put_once(learner_tree, worker_shardings) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(reshard(learner_tree, worker_shardings))
+    return time.perf_counter() - start
+
+
+class RawSocket:
+    """The transport's own ceiling: the same bytes through one loopback TCP connection, from
+    one buffer into another (no framing, no device, no assembly)."""
+
+    def __init__(self, nbytes: int) -> None:
+        import socket
+        import threading
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.source = np.ones(nbytes, np.uint8)
+        self.sink = np.empty(nbytes, np.uint8)
+        self.received = threading.Semaphore(0)
+        self.sender = socket.create_connection(listener.getsockname())
+        self.receiver, _ = listener.accept()
+        listener.close()
+
+        def drain() -> None:
+            view = memoryview(self.sink)
+            while True:
+                got = 0
+                while got < len(view):
+                    count = self.receiver.recv_into(view[got:], min(len(view) - got, 4 << 20))
+                    if count == 0:
+                        return
+                    got += count
+                self.received.release()
+
+        threading.Thread(target=drain, daemon=True).start()
+
+    def once(self) -> float:
         start = time.perf_counter()
-        jax.block_until_ready(reshard(learner_tree, worker_shardings))
-        seconds.append(time.perf_counter() - start)
-    return seconds[1:]
+        self.sender.sendall(memoryview(self.source))
+        self.received.acquire()
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.sender.close()
+        self.receiver.close()
 
 
-def host_copy(nbytes: int, repeats: int) -> list[float]:
-    source = np.random.default_rng(1).integers(0, 255, nbytes, dtype=np.uint8)
-    target = np.empty_like(source)
-    np.copyto(target, source)  # touch the pages first
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+def host_copy_once(source: np.ndarray, target: np.ndarray) -> float:
+    start = time.perf_counter()
+    np.copyto(target, source)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -175,16 +209,32 @@ def main() -> None:
     nbytes = tree_bytes(host)
     del host
 
-    rows = []
-    for name, seconds in [
-            ("host copy (np.copyto), the bound", host_copy(nbytes, 5 * args.repeats)),
-            ("socket sync, 1 stream (ours)", socket_sync(learner, 1, args.repeats)),
-            ("socket sync, 4 streams (ours)", socket_sync(learner, 4, args.repeats)),
-            ("weight file: device_get + msgpack + write + read + restore + device_put (before)",
-             weight_file(learner, worker_shardings, args.repeats)),
-            ("device_put resharding, in one process", device_put_reshard(learner, worker_shardings,
-                                                                         args.repeats))]:
-        rows.append((name, statistics.median(seconds), seconds))
+    source = np.random.default_rng(1).integers(0, 255, nbytes, dtype=np.uint8)
+    target = np.empty_like(source)
+    one_stream, four_streams, raw_socket = SocketSync(1), SocketSync(4), RawSocket(nbytes)
+    names = ["host copy (np.copyto), the bound", "raw loopback socket, 1 connection (the transport)",
+             "socket sync, 1 stream (ours)",
+             "socket sync, 4 streams (ours)",
+             "weight file: device_get + msgpack + write + read + restore + device_put (before)",
+             "device_put resharding, in one process"]
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_FILE_DIR")) as directory:
+            measure = [lambda: host_copy_once(source, target), raw_socket.once,
+                       lambda: one_stream.once(learner),
+                       lambda: four_streams.once(learner),
+                       lambda: weight_file_once(learner, worker_shardings, Path(directory)),
+                       lambda: device_put_once(learner, worker_shardings)]
+            for round_index in range(args.repeats + 1):  # round 0 warms up (compilations, pages)
+                for name, once in zip(names, measure):  # interleaved: load swings hit all alike
+                    value = once()
+                    if round_index:
+                        seconds[name].append(value)
+    finally:
+        one_stream.close()
+        four_streams.close()
+        raw_socket.close()
+    rows = [(name, statistics.median(seconds[name]), seconds[name]) for name in names]
     copy_bandwidth = nbytes / rows[0][1]
     load = os.getloadavg()
     lines = [
