@@ -17,10 +17,9 @@ def episode(name: str, turns: list[Turn]) -> Trajectory:
 
 def test_token_versions_and_turn_credit():
     first_try = episode("a", [Turn([9, 4], [5, 6, 1], [-0.1, -0.2, -0.3], 4, 1.0)])
+    # Its second turn's weights changed while it was sampled: each token's version is recorded.
     repaired = episode("b", [Turn([9, 4], [5, 1], [-0.4, -0.5], 3, 0.0),
-                             Turn([7], [6, 6, 1], [-0.6, -0.7, -0.8], 4, 1.0)])
-    # A turn whose weights changed while it was sampled: the sampler records each token's version.
-    repaired.turns[1].token_versions = [4, 5, 5]
+                             Turn.sampled([7], [6, 6, 1], [-0.6, -0.7, -0.8], [4, 5, 5], 1.0)])
     never = episode("c", [Turn([9, 4], [8, 1], [-0.9, -1.0], 4, 0.0),
                           Turn([7], [8, 1], [-1.1, -1.2], 4, 0.0)])
     np.testing.assert_array_equal(sampled_token_versions(repaired), [-1, -1, 3, 3, -1, 4, 5, 5])

@@ -29,10 +29,7 @@ def sampled_token_versions(sample: Trajectory) -> np.ndarray:
     """[length] policy version that sampled each token of ``sample.flatten()``; -1 elsewhere."""
     versions: list[int] = []
     for turn in sample.turns:
-        per_token = getattr(turn, "token_versions", None)  # recorded by the sampler, if it does
-        if per_token is None:
-            per_token = [turn.policy_version] * len(turn.action_tokens)
-        versions += [-1] * len(turn.observation_tokens) + list(per_token)
+        versions += [-1] * len(turn.observation_tokens) + turn.versions_per_token
     return np.asarray(versions, np.int32)
 
 
