@@ -23,7 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from glm5_jax.rl.environments import CodeEnvironment
-from glm5_jax.rl.rollout import GroupOrder, Policy, RolloutStats, finish_turn, start_episodes
+from glm5_jax.rl.rollout import (
+    GroupOrder,
+    Policy,
+    RolloutStats,
+    finish_turn,
+    start_episodes,
+)
 from glm5_jax.rl.trajectory import Trajectory
 
 TURN_SEED_STRIDE = 7919  # as rollout.run_orders

@@ -37,7 +37,7 @@ class Turn:
 
     @classmethod
     def sampled(cls, observation_tokens: list[int], action_tokens: list[int], action_logprobs: list[float],
-                token_versions: list[int], reward: float = 0.0) -> "Turn":
+                token_versions: list[int], reward: float = 0.0) -> Turn:
         """A turn from per-token versions: ``policy_version`` is the oldest (staleness is
         conservative), ``token_versions`` is kept only if they differ."""
         versions = [int(v) for v in token_versions]

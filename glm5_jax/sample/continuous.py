@@ -294,7 +294,9 @@ class ContinuousBatcher:
         return admitted
 
     def _write_slots(self, rows: list[tuple[int, list[int], Request]], refill: bool) -> None:
-        """Prefill (slot, tokens, request) rows: groups of ``admit_rows`` (a single row alone)."""
+        """Prefill (slot, tokens, request) rows: groups of ``admit_rows`` (a single row alone),
+        shortest first, so a group pads to a bucket close to each of its rows."""
+        rows = sorted(rows, key=lambda row: len(row[1]))
         while rows:
             group, rows = rows[:self.admit_rows], rows[self.admit_rows:]
             width = 1 if len(group) == 1 else self.admit_rows

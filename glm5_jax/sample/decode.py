@@ -24,7 +24,13 @@ from glm5_jax.model.mtp import shift_left
 from glm5_jax.sample.acceptance import verify_drafts
 from glm5_jax.sample.cache import MTP, init_cache
 from glm5_jax.sample.cached_model import CachedGLM5
-from glm5_jax.sample.sampling import Policy, PolicyKind, choose, request_keys, token_keys
+from glm5_jax.sample.sampling import (
+    Policy,
+    PolicyKind,
+    choose,
+    request_keys,
+    token_keys,
+)
 
 MAIN_STREAM, DRAFT_STREAM, VERIFY_STREAM = 0, 1, 2
 
