@@ -92,6 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.clip_eps = 0.2  # decoupled
     config.behaviour_weight_cap = 0.0  # decoupled; 0 = uncapped
     config.truncation_cap = 2.0  # truncated_is
+    config.minibatches = 1  # updates per batch pass (rows k::minibatches); divides the batch's rows
+    config.ppo_epochs = 1  # passes per batch; "decoupled" needs minibatches * ppo_epochs > 1
     config.kl_coef = 0.0
     config.normalize_advantages_by_std = True
     config.learning_rate = 3e-4  # 1e-3 collapsed the policy within 2 steps (Adam moves every
