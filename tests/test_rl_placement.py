@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from glm5_jax.rl.loop import learner_mesh, train, validate
-from glm5_jax.rl.placement import PlacementError, learner_devices, worker_slot
+from glm5_jax.rl.placement import (PlacementError, learner_devices, learner_devices_beside_workers,
+                                   worker_slot)
 from test_rl_end_to_end import assert_accounted, small_config
 
 
@@ -87,6 +88,14 @@ def test_ray_actors_ask_ray_for_their_devices(config):
     assert gpu.ray_options == {"num_cpus": 1.5, "num_gpus": 2.0} and "CUDA_VISIBLE_DEVICES" not in gpu.env
     tpu = worker_slot(config, 0, "tpu", learner_local_devices=4)
     assert tpu.ray_options == {"num_cpus": 1.5, "resources": {"TPU": 2.0}}
+
+
+def test_workers_skip_only_the_learners_devices_of_their_own_platform(config):
+    config.placement.learner_devices, config.mesh = 4, "fsdp=4"
+    mesh = learner_mesh(config)
+    assert learner_devices_beside_workers(config, mesh) == 4  # cpu learner, cpu workers
+    config.placement.rollout_platform = "gpu"  # a cpu learner leaves every GPU to the workers
+    assert learner_devices_beside_workers(config, mesh) == 0
 
 
 def test_the_learner_mesh_covers_its_devices_only(config):

@@ -480,3 +480,35 @@ def test_a_version_sent_again_is_acknowledged_again():
     finally:
         receiver.close()
         fake.close()
+
+
+def test_publish_returns_while_a_version_is_in_flight_and_a_newer_one_replaces_a_waiting_one():
+    """Double-buffered: ``publish`` returns at once (the learner trains on, and may donate its
+    arrays) while the version travels; a version published meanwhile waits, and a newer one
+    replaces it (``superseded``); the worker ends on the newest, whole."""
+    mesh = make_mesh("fsdp=4", jax.devices()[:4])
+    trees = {version: synthetic_tree(mesh, float(version)) for version in (1, 2, 3, 4)}
+    references = {version: jax.device_get(tree) for version, tree in trees.items()}
+    sender = WeightSender(streams=2)
+    receiver = WeightReceiver([sender.address], synthetic_sharding_for(worker_mesh()), worker_id=0, streams=2)
+    arrived = threading.Event()
+    slow_down_version(receiver, 2, arrived)  # version 2 takes >= 1.5 s (10 pieces x 0.3 s, 2 streams)
+    try:
+        while not sender.connected_workers():
+            time.sleep(0.01)
+        sender.publish(1, trees[1])
+        sender.wait_delivered(1, TIMEOUT_S)
+        sender.publish(2, trees[2])
+        jax.tree.map(lambda leaf: leaf.delete(), trees[2])  # the learner's next step donates them
+        assert arrived.wait(TIMEOUT_S)
+        sender.publish(3, trees[3])
+        sender.publish(4, trees[4])
+        assert sender.connected_workers() == {0: 1}  # all published; version 2 still on its way
+        sender.wait_delivered(4, TIMEOUT_S)
+        metrics = sender.metrics()
+        assert metrics["weight_sync/superseded"] == 1 and metrics["weight_sync/version"] == 4
+        assert receiver.refresh() and receiver.version == 4
+        assert_bit_equal(receiver.variables, references[4])
+    finally:
+        receiver.close()
+        sender.close()

@@ -37,8 +37,8 @@ from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_t
 from glm5_jax.rl.learner import Learner
 from glm5_jax.rl.learner_processes import (in_turn, is_main_process, share_batch,
                                            weight_sync_totals)
-from glm5_jax.rl.placement import (learner_devices, process_record, resolved_rollout_platform,
-                                   validate_placement)
+from glm5_jax.rl.placement import (learner_devices, learner_devices_beside_workers, process_record,
+                                   resolved_rollout_platform, validate_placement)
 from glm5_jax.rl.policy import policy_model_config
 from glm5_jax.rl.rewards import TERMS
 from glm5_jax.rl.rollout_worker import configure_compilation_cache, worker_launch
@@ -139,7 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
         platform = mesh.devices.flat[0].platform
         if main:  # the workers, the buffer, the metrics: process 0's
             launch = worker_launch(addresses, resolved_rollout_platform(config, platform),
-                                   len([d for d in mesh.devices.flat if d.process_index == 0]))
+                                   learner_devices_beside_workers(config, mesh))
             pool = make_pool(config, launch)
             coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
                                              config.seed + 7919 * resumes, config.max_worker_restarts,

@@ -112,7 +112,8 @@ def restrict_learner_process(config: ml_collections.ConfigDict, process_count: i
     if placement.learner_platform:
         jax.config.update("jax_platforms", placement.learner_platform)
     rollout = placement.rollout_platform or placement.learner_platform
-    if placement.learner_devices == 0 or rollout not in ACCELERATORS or _workers_elsewhere(config):
+    if placement.learner_devices == 0 or rollout not in ACCELERATORS or _workers_elsewhere(config) \
+            or placement.learner_platform not in ("", rollout):
         return
     local = _per_process(placement.learner_devices, process_count)
     if rollout == "gpu":
@@ -155,6 +156,15 @@ def _per_process(count: int, process_count: int) -> int:
 
 def resolved_rollout_platform(config: ml_collections.ConfigDict, learner_platform: str) -> str:
     return config.placement.rollout_platform or learner_platform
+
+
+def learner_devices_beside_workers(config: ml_collections.ConfigDict, mesh) -> int:
+    """How many of this host's devices of the workers' platform the learner holds (the workers
+    on this host take the ones after them)."""
+    learner_platform = mesh.devices.flat[0].platform
+    if resolved_rollout_platform(config, learner_platform) != learner_platform:
+        return 0
+    return len([d for d in mesh.devices.flat if d.process_index == 0])
 
 
 # Rollout workers -------------------------------------------------------------------------------
