@@ -93,6 +93,9 @@ def test_weights_published_mid_generation_are_recorded_per_token(variables, samp
     assert later and all(turn.policy_version == 1 for turn in later)
     assert stats.generated_tokens == sum(t.num_action_tokens for t in emitted)
     assert stats.turns == max(len(t.turns) for t in emitted)
+    # The switch re-prefilled each interrupted request's prompt and its 2 fed tokens.
+    assert stats.recomputed_tokens == sum(len(t.turns[0].observation_tokens) + 2 for t in emitted
+                                          if t.turns[0].token_versions is not None)
 
     # The oldest token decides staleness: at version 3 with max_staleness 2 the interrupted
     # episodes are stale although most of their tokens are not.

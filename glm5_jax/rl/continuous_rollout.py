@@ -66,6 +66,7 @@ def run_orders_continuous(orders: Sequence[GroupOrder], make_env: Callable[[int]
 
     policy.refresh()
     sampler.use(policy.variables, int(policy.version))
+    recomputed_before = batcher.recomputed_tokens
     for e in range(len(episodes)):
         submit(e)
     verdicts: dict[concurrent.futures.Future, tuple] = {}
@@ -103,4 +104,5 @@ def run_orders_continuous(orders: Sequence[GroupOrder], make_env: Callable[[int]
                 submit(e)
             else:
                 live -= 1
+    stats.recomputed_tokens = batcher.recomputed_tokens - recomputed_before
     return stats

@@ -32,6 +32,8 @@ from glm5_jax.rl.admission import admissible
 from glm5_jax.rl.buffer import AssembledGroup, TrajectoryBuffer
 from glm5_jax.rl.rollout import GroupOrder
 
+INTERRUPTION_STATS = ("weight_switches", "interrupted_turns", "recomputed_tokens")
+
 
 class WorkerFailure(RuntimeError):
     """Workers keep dying: restarting them again would hide a bug."""
@@ -73,6 +75,7 @@ class RolloutCoordinator:
         self.worker_generate_s = 0.0
         self.worker_environment_s = 0.0
         self.generated_tokens = 0
+        self.interruptions = dict.fromkeys(INTERRUPTION_STATS, 0)
         self.policy_load_s = 0.0
         self.errors: list[str] = []
         self.failure: Exception | None = None
@@ -105,6 +108,8 @@ class RolloutCoordinator:
             self.worker_generate_s += stats["generate_s"]
             self.worker_environment_s += stats["environment_s"]
             self.generated_tokens += stats["generated_tokens"]
+            for key in INTERRUPTION_STATS:  # continuous sampler only; 0 otherwise
+                self.interruptions[key] += stats.get(key, 0)
             self.policy_load_s = max(self.policy_load_s, stats.get("policy_load_s", 0.0))
         elif kind == "error":
             self.errors.append(message[1])
@@ -253,4 +258,5 @@ class RolloutCoordinator:
                     "workers/environment_s": self.worker_environment_s,
                     "workers/generated_tokens": self.generated_tokens,
                     "admission/held_s": self.admission_held_s,
+                    **{f"workers/{key}": n for key, n in self.interruptions.items()},
                     "push/worker_load_s": self.policy_load_s}

@@ -68,6 +68,7 @@ class RolloutStats:
     turns: int = 0
     weight_switches: int = 0  # new weights taken while generations were running (continuous)
     interrupted_turns: int = 0  # turns whose tokens were sampled by more than one version
+    recomputed_tokens: int = 0  # context tokens re-prefilled under new weights (continuous)
 
 
 def run_orders(orders: Sequence[GroupOrder], make_env: Callable[[int], CodeEnvironment],
