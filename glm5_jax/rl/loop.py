@@ -144,7 +144,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
             coordinator = RolloutCoordinator(pool, buffer, len(tasks), config.groups_per_order,
                                              config.seed + 7919 * resumes, config.max_worker_restarts,
                                              log, order_prefix=f"r{resumes}",
-                                             lock_step=config.mode == "sync")
+                                             lock_step=config.mode == "sync",
+                                             groups_per_batch=config.groups_per_batch,
+                                             sync_every=config.sync_every)
             pool.start_all()
             coordinator.wait_until_ready(config.num_workers, config.worker_start_timeout_s)
             log(f"{config.num_workers} rollout workers ready ({config.backend} backend); "
