@@ -3,6 +3,7 @@ files and the command line's refusals (the tables themselves: test_reproduce_smo
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -62,6 +63,16 @@ def test_dense_compute_is_interpolated_in_log_flops_between_sizes():
     assert iso_loss_ratio(124.0, 3.5, dense) == pytest.approx(0.62)
     assert dense_flops_at_loss(dense, 2.0) is None and dense_flops_at_loss(dense, 4.5) is None
     assert dense_flops_at_loss([(100.0, 3.0), (400.0, 3.2)], 3.1) is None  # loss rose with compute
+
+
+def test_every_table_has_an_experiment_file_with_every_scale():
+    for entry in TABLES.values():
+        for scale in ("smoke", "cpu", "pod"):
+            training_config(entry.experiment, scale)  # what python -m glm5_jax.train would read
+            spec = table_spec(entry.experiment, scale)
+            assert spec.paper, f"{entry.name}: the table quotes no paper claim"
+            for claim in spec.paper:
+                assert claim["source"] and math.isfinite(claim["value"])
 
 
 def test_bad_scale_and_unknown_fields_name_what_is_allowed():

@@ -9,6 +9,7 @@
     --table.KEY=VALUE         change the table spec (experiments/paper/NAME.py get_table), e.g.
                               --table.seeds=0,1
     --parallel=K              training rows run at once (default 1)
+    --fragment=PATH           also write the table as a BENCHMARKS.md fragment (its plots beside it)
 
 Writes DIR/table.json, DIR/table.md and PNG plots; each training row is a sweep point with
 its own workdir, DIR/points/<row>/ (``glm5_jax.sweep``). Rerunning the command resumes:
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir")
     parser.add_argument("--plan", action="store_true")
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--fragment")
     return parser
 
 
@@ -79,7 +81,8 @@ def main(argv: list[str]) -> int:
     from glm5_jax.reproduce.experiment_files import table_spec
     from glm5_jax.reproduce.load_monitor import LoadMonitor
     from glm5_jax.reproduce.points import share_compile_cache
-    from glm5_jax.reproduce.table_files import TABLE_MD, write_table
+    from glm5_jax.reproduce.scales import REPO
+    from glm5_jax.reproduce.table_files import TABLE_MD, write_fragment, write_table
     from glm5_jax.reproduce.tables import table_entry
 
     entry = table_entry(args.name)
@@ -104,6 +107,8 @@ def main(argv: list[str]) -> int:
             table = module.build(context)
     table.provenance = context.provenance(started)
     write_table(workdir, table)
+    if args.fragment:
+        write_fragment(table, workdir, Path(args.fragment).absolute(), REPO)
     print((workdir / TABLE_MD).read_text(), flush=True)
     return 0 if table.status in ("complete", "planned") else 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -51,10 +52,17 @@ class Context:
         """Where the table's numbers come from and what the machine was doing."""
         return {"experiment": self.config_argument, "command": self.command,
                 "commit": git_commit(), "started": _iso(started), "finished": _iso(time.time()),
-                "wall_s": round(time.time() - started, 1),
+                "wall_s": round(time.time() - started, 1), "cpu_s": _cpu_seconds(),
                 "load_average_1min": self.load.summary() if self.load else None,
                 "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
                 "machine": platform.machine()}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the sweep's
+    training processes): the table's cost on this host, whatever else was running."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
 
 
 def _iso(seconds: float) -> str:

@@ -137,16 +137,16 @@ def active_parameters(config: ModelConfig, routed_per_token: float | None = None
 
 
 def decode_tokens_per_second(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]],
-                             new_tokens: int, speculative_steps: int = 0, repeats: int = 2
-                             ) -> tuple[float, float]:
-    """(generated tokens per second, mean accepted length) of greedy decoding, best of
-    ``repeats`` timed calls after one untimed call that compiles. EOS is ignored, so every row
-    generates ``new_tokens``."""
+                             new_tokens: int, speculative_steps: int = 0, temperature: float = 0.0,
+                             repeats: int = 2, seed: int = 0) -> tuple[float, float]:
+    """(generated tokens per second, mean accepted length) of decoding ``prompts`` (greedy at
+    temperature 0), best of ``repeats`` timed calls after one untimed call that compiles. EOS
+    is ignored, so every row generates ``new_tokens``."""
     from glm5_jax.sample import run_batch
 
     def call():
-        return run_batch(config, variables, prompts, new_tokens, temperature=0.0, eos_token_id=None,
-                         speculative_steps=speculative_steps)
+        return run_batch(config, variables, prompts, new_tokens, temperature=temperature, seed=seed,
+                         eos_token_id=None, speculative_steps=speculative_steps)
 
     result = call()
     best = math.inf

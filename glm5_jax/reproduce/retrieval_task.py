@@ -2,11 +2,13 @@
 code-like filler.
 
 A document is lines of small Python-looking statements; ``num_keys`` of them are assignments
-``KEY_xy = 4821`` at random depths, and the last line asks for one of them:
-``assert KEY_xy == 4821``. Everything but the answer is predictable from local context or
-unpredictable noise; the answer can only come from finding the key's line (an induction
-copy across the whole document). Training documents fit the training length; evaluation
-prompts are built to a token length (1K ... 16K) with the keys spread over the whole prompt.
+``KEY_xy = 4821`` at random depths, and it ends asking for them: ``assert KEY_xy == 4821``.
+The filler has little entropy (one of a few templates, single digits), so once it is learned
+most of the remaining loss is the values, and an answer can only come from finding its key's
+line (an induction copy across the whole document). A training document asks for every key,
+in random order (num_keys retrieval targets per document); an evaluation prompt asks for one,
+as the first question of a training document does. Training documents fit the training
+length; evaluation prompts are built to a token length with the keys spread over the prompt.
 
 Scoring is teacher-forced exact match: a prompt is correct when the model's argmax at every
 answer token equals the answer, which is what greedy decoding of the answer would produce.
@@ -42,7 +44,7 @@ class RetrievalExample:
 
 
 def _filler_line(rng: random.Random) -> str:
-    return rng.choice(_TEMPLATES).format(i=rng.randrange(100), j=rng.randrange(100), d=rng.randrange(10))
+    return rng.choice(_TEMPLATES).format(i=rng.randrange(10), j=rng.randrange(10), d=rng.randrange(10))
 
 
 def _keys(rng: random.Random, count: int) -> list[tuple[str, str]]:
@@ -52,7 +54,9 @@ def _keys(rng: random.Random, count: int) -> list[tuple[str, str]]:
     return [(name, str(rng.randrange(1000, 10000))) for name in sorted(names)]
 
 
-def _document(rng: random.Random, filler: list[str], num_keys: int) -> RetrievalExample:
+def _document(rng: random.Random, filler: list[str], num_keys: int) -> tuple[RetrievalExample, str]:
+    """The example (a prompt asking for one key) and the questions for the other keys, in
+    random order (a training document appends them)."""
     keys = _keys(rng, num_keys)
     lines = list(filler)
     slots = sorted(rng.randrange(len(lines) + 1) for _ in keys)
@@ -61,21 +65,23 @@ def _document(rng: random.Random, filler: list[str], num_keys: int) -> Retrieval
     for offset, (slot, key_index) in enumerate(zip(slots, order, strict=True)):
         name, value = keys[key_index]
         lines.insert(slot + offset, f"{name} = {value}")
-    queried = rng.randrange(num_keys)
-    name, value = keys[queried]
+    asked = list(range(num_keys))
+    rng.shuffle(asked)
+    name, value = keys[asked[0]]
     position = next(i for i, line in enumerate(lines) if line.startswith(f"{name} = "))
     prompt = "\n".join(lines) + f"\nassert {name} == "
-    return RetrievalExample(prompt, value, position / max(len(lines) - 1, 1))
+    rest = "".join(f"\nassert {keys[i][0]} == {keys[i][1]}" for i in asked[1:])
+    return RetrievalExample(prompt, value, position / max(len(lines) - 1, 1)), rest
 
 
 def training_documents(task: ml_collections.ConfigDict) -> list[str]:
-    """``task.num_documents`` complete documents (prompt + answer + newline)."""
+    """``task.num_documents`` complete documents (every key asked for, answered)."""
     rng = random.Random(task.seed)
     documents = []
     for _ in range(task.num_documents):
         filler = [_filler_line(rng) for _ in range(rng.randint(task.min_lines, task.max_lines))]
-        example = _document(rng, filler, task.num_keys)
-        documents.append(example.prompt + example.answer + "\n")
+        example, rest = _document(rng, filler, task.num_keys)
+        documents.append(example.prompt + example.answer + rest + "\n")
     return documents
 
 
@@ -100,7 +106,7 @@ def evaluation_prompts(task: ml_collections.ConfigDict, tokenizer, length: int, 
             line = _filler_line(rng)
             filler.append(line)
             tokens += len(tokenizer.encode(line + "\n").ids)
-        examples.append(_document(rng, filler, task.num_keys))
+        examples.append(_document(rng, filler, task.num_keys)[0])
     return examples
 
 

@@ -76,7 +76,7 @@ def markdown(table: Table) -> str:
     provenance = table.provenance
     if provenance:
         lines += ["", (f"Produced by `{provenance.get('command')}` at commit {provenance.get('commit')} "
-                      f"({provenance.get('started')}, {provenance.get('wall_s')} s wall; 1-minute load "
+                      f"({provenance.get('started')}, {provenance.get('wall_s')} s wall, {provenance.get('cpu_s')} CPU s; 1-minute load "
                       f"average over the run {_load(provenance.get('load_average_1min'))}). Every row's "
                       "config, overrides, seed and commit are in table.json.")]
     if table.status != "complete":
@@ -95,6 +95,22 @@ def write_table(workdir: Path, table: Table) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / TABLE_JSON).write_text(json.dumps(table.to_json(), indent=1, default=_jsonable) + "\n")
     (workdir / TABLE_MD).write_text(markdown(table))
+
+
+def write_fragment(table: Table, workdir: Path, fragment: Path, repo: Path) -> None:
+    """A BENCHMARKS.md fragment (``benchmarks/results/<name>.md``): the table as table.md shows
+    it, under a level-2 heading, with its plots copied beside the fragment and linked from the
+    repository root (where BENCHMARKS.md is). Hand-written notes belong in their own fragment."""
+    fragment.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(table)
+    for plot in table.plots:
+        target = fragment.with_name(f"{fragment.stem}_{plot}")
+        target.write_bytes((workdir / plot).read_bytes())
+        link = target.relative_to(repo).as_posix() if target.is_relative_to(repo) else target.name
+        text = text.replace(f"]({plot})", f"]({link})")
+    heading = f"## Paper table: {table.title}"
+    body = text.split("\n", 1)[1]  # table.md's own heading, replaced
+    fragment.write_text(f"{heading}\n\nScale: {table.scale}. Command: `{table.provenance.get('command')}`.\n{body}")
 
 
 def _jsonable(value: Any) -> Any:
