@@ -76,6 +76,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_new_tokens = 32
     config.temperature = 1.0
     config.refresh_weights_each_turn = True  # pick up new weights mid-episode (recorded per turn)
+    # "batch": generate on padded batches, one per turn. "continuous": requests join and leave
+    # a running batch of `slots` rows (0: groups_per_order * group_size); with
+    # refresh_weights_each_turn new weights are taken between decode steps (recorded per token).
+    config.sampler = ml_collections.ConfigDict({"kind": "batch", "slots": 0, "steps_per_call": 4,
+                                                "recompute_on_update": True})
     config.max_worker_restarts = 20
     config.worker_start_timeout_s = 1200.0
     config.batch_timeout_s = 1200.0

@@ -62,7 +62,7 @@ class RolloutWorker:
         from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
         from glm5_jax.rl.placement import process_record
         from glm5_jax.rl.policy import policy_model_config
-        from glm5_jax.rl.sampler import PolicySampler
+        from glm5_jax.rl.sampler import make_sampler
         from glm5_jax.rl.weight_receiver import WeightReceiver
         from glm5_jax.rl.weight_shards import sharding_by_path
         from glm5_jax.sharding import make_mesh
@@ -75,8 +75,7 @@ class RolloutWorker:
         self.make_env = lambda task_index: make_env(self.tasks[task_index])
         model_config = policy_model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id,
                                            self.tokenizer.eos_id, self.tokenizer.pad_id)
-        rows = config.groups_per_order * config.group_size
-        self.sampler = PolicySampler(model_config, rows, config.max_new_tokens, config.temperature)
+        self.sampler = make_sampler(config, model_config)  # config.sampler.kind: batch | continuous
         self.sandbox = SandboxPool(workers=config.sandbox_workers,
                                    limits=SandboxLimits(timeout_s=config.sandbox_timeout_s))
         # This worker's devices, its mesh, and the weights assembled under that mesh's sharding.
