@@ -410,7 +410,10 @@ def test_shown_host_paths_hold_no_package_directory_or_checkout():
 def test_a_refused_pivot_falls_back_to_the_read_only_host_tree():
     """As on a root on initramfs, where pivot_root is not allowed: the staging mount is
     removed, the host tree is shown read-only, and the tags do not claim a minimal root."""
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # A host directory the fallback must show read-only: the stdlib's, not the checkout's
+    # (a checkout under /tmp is hidden by the private scratch tmpfs, and writable there).
+    host_dir_shown = os.path.dirname(os.path.realpath(os.__file__))
+    probe = os.path.join(host_dir_shown, ".glm5-fallback-probe")
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -423,7 +426,7 @@ def test_a_refused_pivot_falls_back_to_the_read_only_host_tree():
             linux.pivot_root = refuse
             workdir, tags, host_dir = filesystem.prepare_filesystem(["mount-ns"], None, None)
             try:
-                with open(os.path.join(checkout, ".glm5-fallback-probe"), "w"):
+                with open(probe, "w"):
                     writable = True
             except OSError as error:
                 writable = error.errno != errno.EROFS
@@ -433,13 +436,13 @@ def test_a_refused_pivot_falls_back_to_the_read_only_host_tree():
                             and not [m for m in mount_points if m.startswith("/tmp/")])
             fine = (tags == ["read-only-root", "private-tmp"] and host_dir is None
                     and workdir == filesystem.PRIVATE_WORKDIR and staging_gone
-                    and os.path.isfile(os.path.join(checkout, "setup.py")) and not writable)
+                    and os.path.isfile(os.path.realpath(os.__file__)) and not writable)
             code = 0 if fine else 3
         except BaseException:  # noqa: BLE001
             code = 2
         os._exit(code)
     assert os.waitpid(pid, 0)[1] == 0
-    assert not os.path.exists(os.path.join(checkout, ".glm5-fallback-probe"))
+    assert not os.path.exists(probe)
 
 
 # -- the filter program, run through a classic BPF interpreter --------------------------
