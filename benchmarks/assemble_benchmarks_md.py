@@ -30,6 +30,14 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("sweeps", "sweeps", ("sweep_tiny.md",)),
     ("agentic-rl", "agentic RL", ("rl.md", "rl_decoupled.md", "rl_staleness1.md", "rl_debug.md",
                                   "rl_notes.md", "rl_pretrained.md")),
+    # The paper's tables (python -m glm5_jax.reproduce NAME --scale=cpu --fragment=...).
+    ("repro-cost", "paper: cost", ("repro_cost.md", "repro_cost_notes.md")),
+    ("repro-long-context", "paper: long context", ("repro_long_context.md", "repro_long_context_notes.md")),
+    ("repro-code-benchmarks", "paper: code benchmarks",
+     ("repro_code_benchmarks.md", "repro_code_benchmarks_notes.md")),
+    ("repro-async-rl", "paper: async RL", ("repro_async_rl.md", "repro_async_rl_notes.md")),
+    ("repro-mtp-acceptance", "paper: MTP acceptance",
+     ("repro_mtp_acceptance.md", "repro_mtp_acceptance_notes.md")),
 )
 
 HEADER = """# Benchmarks

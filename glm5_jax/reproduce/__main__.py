@@ -82,7 +82,12 @@ def main(argv: list[str]) -> int:
     from glm5_jax.reproduce.load_monitor import LoadMonitor
     from glm5_jax.reproduce.points import share_compile_cache
     from glm5_jax.reproduce.scales import REPO
-    from glm5_jax.reproduce.table_files import TABLE_MD, write_fragment, write_table
+    from glm5_jax.reproduce.table_files import (
+        TABLE_MD,
+        record_run,
+        write_fragment,
+        write_table,
+    )
     from glm5_jax.reproduce.tables import table_entry
 
     entry = table_entry(args.name)
@@ -105,7 +110,7 @@ def main(argv: list[str]) -> int:
             table = module.build_pod(context)
         else:
             table = module.build(context)
-    table.provenance = context.provenance(started)
+    table.provenance = record_run(workdir, context.provenance(started))
     write_table(workdir, table)
     if args.fragment:
         write_fragment(table, workdir, Path(args.fragment).absolute(), REPO)

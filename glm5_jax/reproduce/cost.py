@@ -173,6 +173,8 @@ def _notes(spec) -> list[str]:
 
 
 def _plot(context: Context, rows: list[dict]) -> str:
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     name = "loss_vs_flops.png"
     with figure(context.workdir / name, size=(11, 4.5), columns=2) as (train_axes, inference_axes):
         for axes, key, label in ((train_axes, "train_flops", "training FLOPs/token (compiled step)"),
@@ -184,6 +186,9 @@ def _plot(context: Context, rows: list[dict]) -> str:
                 if points:
                     axes.plot(*zip(*points), marker="o", label=variant)
             axes.set_xscale("log")
+            # A range inside one decade: label 1, 2, 3, 5 x 10^n, not every minor tick.
+            axes.xaxis.set_minor_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+            axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:.0e}"))
             axes.set_xlabel(label)
             axes.set_ylabel("eval cross entropy")
         train_axes.set_title(f"cost table, scale {context.scale}: loss against compute")

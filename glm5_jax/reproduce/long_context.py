@@ -23,7 +23,7 @@ from glm5_jax.reproduce.points import point_dir, row_provenance, train_points
 from glm5_jax.reproduce.table_files import Table
 
 MEASUREMENTS = "long_context.json"
-EVAL_BATCH = 8  # prompts per forward pass
+EVAL_TOKENS = 8 * 1024  # tokens per forward pass (prompts of 8K go one at a time: ~4.5 GB on CPU)
 PAD_MULTIPLE = 128  # prompts of one length are padded to one shape: one compile per length
 
 
@@ -32,6 +32,15 @@ def points(context: Context) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]
     shared = corpus_overrides(context, spec) if context.scale != "pod" else {}
     return {f"{row}-seed{seed}": ({"row": row, "seed": seed}, merge(overrides, {"seed": seed}, shared))
             for row, overrides in spec.rows.items() for seed in spec.seeds}
+
+
+def attention_at(model_config, spec, length: int):
+    """The row's attention at ``length`` keys: a row trained with every key selected
+    (index_topk >= the training length) is a dense-attention model and stays dense at every
+    length; a DSA row keeps its index_topk."""
+    if model_config.index_topk >= spec.train_length:
+        return model_config.replace(index_topk=max(model_config.index_topk, length))
+    return model_config
 
 
 def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float:
@@ -49,13 +58,14 @@ def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float
     examples = evaluation_prompts(spec.task, tokenizer, length, spec.eval_prompts, spec.eval_seed)
     encoded = [answer_positions(tokenizer, e) for e in examples]
     width = -(-max(len(ids) for ids, _ in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
-    model = GLM5Model(model_config)
+    model = GLM5Model(attention_at(model_config, spec, width))
     predict = jax.jit(lambda v, ids, seg: jnp.argmax(model.apply(v, ids, None, seg), axis=-1))
     correct = []
-    for start in range(0, len(encoded), EVAL_BATCH):
-        chunk = encoded[start:start + EVAL_BATCH]
-        ids = np.zeros((EVAL_BATCH, width), np.int32)
-        segments = np.zeros((EVAL_BATCH, width), np.int32)
+    batch = max(1, EVAL_TOKENS // width)
+    for start in range(0, len(encoded), batch):
+        chunk = encoded[start:start + batch]
+        ids = np.zeros((batch, width), np.int32)
+        segments = np.zeros((batch, width), np.int32)
         for i, (tokens, _) in enumerate(chunk):
             ids[i, :len(tokens)], segments[i, :len(tokens)] = tokens, 1
         predicted = np.asarray(predict(variables, jnp.asarray(ids), jnp.asarray(segments)))
@@ -64,13 +74,14 @@ def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float
     return accuracy(correct)
 
 
-def _prefill_seconds(model_config, variables, length: int) -> float:
+def _prefill_seconds(model_config, variables, spec, length: int) -> float:
     import jax
     import jax.numpy as jnp
 
     from glm5_jax.reproduce.measure import timed
     from glm5_jax.sample import CachedGLM5, init_cache
 
+    model_config = attention_at(model_config, spec, length)
     model = CachedGLM5(model_config, fresh=True)
     cache = init_cache(model_config, 1, length)
     tokens = jnp.ones((1, length), jnp.int32)
@@ -86,19 +97,29 @@ def measure_row(context: Context, name: str) -> dict[str, Any]:
     from glm5_jax.sweep.results import point_row
 
     directory = point_dir(context, name)
-    cached = directory / MEASUREMENTS
-    if cached.exists():
-        return json.loads(cached.read_text())
+    cached = directory / MEASUREMENTS  # written after every length: an interrupted row resumes
+    settings = {"eval_prompts": context.spec.eval_prompts, "eval_seed": context.spec.eval_seed,
+                "task": context.spec.task.to_dict()}
+    values: dict[str, Any] = json.loads(cached.read_text()) if cached.exists() else {}
+    if values.get("settings") != settings:
+        values = {"settings": settings}
+    wanted = ([f"acc_{n}" for n in context.spec.eval_lengths]
+              + [f"prefill_s_{n}" for n in context.spec.latency_lengths])
+    if all(key in values for key in wanted):
+        return values
     spec = context.spec
     model, variables = load_train_workdir(str(directory))
     tokenizer = document_tokenizer(load_tokenizer(directory / "tokenizer.json"))
-    values: dict[str, Any] = {"final_train_ce": point_row(name, {}, {}, directory).get("final_ce_loss"),
-                              "index_topk": model.config.index_topk}
+    values.update(final_train_ce=point_row(name, {}, {}, directory).get("final_ce_loss"),
+                  index_topk=model.config.index_topk)
     for length in spec.eval_lengths:
-        context.echo(f"[{name}] retrieval at {length} tokens")
-        values[f"acc_{length}"] = _accuracy_at(model.config, variables, tokenizer, spec, length)
+        if f"acc_{length}" not in values:
+            context.echo(f"[{name}] retrieval at {length} tokens")
+            values[f"acc_{length}"] = _accuracy_at(model.config, variables, tokenizer, spec, length)
+            cached.write_text(json.dumps(values, indent=1) + "\n")
     for length in spec.latency_lengths:
-        values[f"prefill_s_{length}"] = _prefill_seconds(model.config, variables, length)
+        if f"prefill_s_{length}" not in values:
+            values[f"prefill_s_{length}"] = _prefill_seconds(model.config, variables, spec, length)
     cached.write_text(json.dumps(values, indent=1) + "\n")
     return values
 

@@ -17,6 +17,7 @@ from typing import Any
 
 TABLE_JSON = "table.json"
 TABLE_MD = "table.md"
+RUNS = "runs.jsonl"  # one line per invocation: a resumed table was made by several
 
 
 @dataclasses.dataclass
@@ -75,10 +76,9 @@ def markdown(table: Table) -> str:
     lines += [f"- {note}" for note in table.notes]
     provenance = table.provenance
     if provenance:
-        lines += ["", (f"Produced by `{provenance.get('command')}` at commit {provenance.get('commit')} "
-                      f"({provenance.get('started')}, {provenance.get('wall_s')} s wall, {provenance.get('cpu_s')} CPU s; 1-minute load "
-                      f"average over the run {_load(provenance.get('load_average_1min'))}). Every row's "
-                      "config, overrides, seed and commit are in table.json.")]
+        lines += ["", (f"Produced by `{provenance.get('command')}` at commit {provenance.get('commit')}. "
+                       f"{_runs_sentence(provenance)} Every row's config, overrides, seed and commit are "
+                       "in table.json.")]
     if table.status != "complete":
         lines += ["", f"Status: **{table.status}**."]
     return "\n".join(lines) + "\n"
@@ -87,8 +87,31 @@ def markdown(table: Table) -> str:
 def _load(summary: dict | None) -> str:
     if not summary:
         return "n/a"
-    return (f"min {summary['min']}, median {summary['median']}, max {summary['max']} on "
+    return (f"min {summary['min']} / median {summary['median']} / max {summary['max']} on "
             f"{summary['cpu_count']} cores")
+
+
+def record_run(workdir: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """Append this invocation to DIR/runs.jsonl; the provenance with every run so far (the
+    rows' training may have happened in an earlier one, under another load)."""
+    path = workdir / RUNS
+    earlier = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    with path.open("a") as runs:
+        runs.write(json.dumps(provenance) + "\n")
+    return {**provenance, "runs": [*earlier, provenance]}
+
+
+def _runs_sentence(provenance: dict[str, Any]) -> str:
+    """The invocations that did the work (over a minute), and how many others only re-read
+    finished rows."""
+    runs = provenance.get("runs") or [provenance]
+    working = [run for run in runs if (run.get("wall_s") or 0) >= 60] or runs[-1:]
+    parts = [f"{run.get('started')}: {run.get('wall_s')} s wall, "
+             f"{'n/a' if run.get('cpu_s') is None else run['cpu_s']} CPU s, 1-minute load "
+             f"{_load(run.get('load_average_1min'))}" for run in working]
+    rereads = len(runs) - len(working)
+    return (f"Made by {len(working)} invocation(s): " + "; ".join(parts)
+            + (f" (and {rereads} under a minute that re-read finished rows)." if rereads else "."))
 
 
 def write_table(workdir: Path, table: Table) -> None:
