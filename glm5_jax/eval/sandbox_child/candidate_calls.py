@@ -58,14 +58,16 @@ def send(fd: int, text: str, *, _write=os.write, _pack=HEADER.pack) -> None:
 
 def receive(fd: int, *, _read=os.read, _unpack=HEADER.unpack) -> bytes | None:
     """One frame, or None once the judge hung up (or sent an absurd size)."""
-    header = _read_exact(fd, HEADER.size, _read)
+    header = read_exact_with(_read, fd, HEADER.size)
     if header is None:
         return None
     (size,) = _unpack(header)
-    return _read_exact(fd, size, _read) if size <= MAX_CALL_BYTES else None
+    return read_exact_with(_read, fd, size) if size <= MAX_CALL_BYTES else None
 
 
-def _read_exact(fd: int, size: int, read) -> bytes | None:
+def read_exact_with(read, fd: int, size: int) -> bytes | None:
+    """Exactly ``size`` bytes through ``read`` (a primitive bound before sample code ran),
+    or None if the stream ends first."""
     chunks = b""
     while len(chunks) < size:
         chunk = read(fd, size - len(chunks))

@@ -55,13 +55,10 @@ class CallChannel:
             raise NotPlainData(f"cannot pass this argument to the sample: {exc}") from None
         try:
             write_all(self.call_fd, encode_frame(text.encode("utf-8", "surrogatepass")))
-            reply = read_frame(self.reply_fd, MAX_REPLY_BYTES)
-        except (OSError, ValueError, EOFError) as exc:
-            reply, self.broken = None, f"the sample's process broke the call channel: {exc}"
-        if reply is None:
-            self.broken = self.broken or "the sample's process ended during a call"
-            raise CandidateGone(self.broken)
-        return self.decode(reply)
+        except OSError as exc:
+            self.broken = f"the sample's process broke the call channel: {exc}"
+            raise CandidateGone(self.broken) from None
+        return self.read_message("the sample's process ended during a call")
 
     def decode(self, payload: bytes) -> object:
         try:
@@ -69,14 +66,15 @@ class CallChannel:
         except plain_data.PlainDataError as exc:
             raise NotPlainData(f"the sample sent {exc}") from None
 
-    def read_message(self) -> object:
-        """One unsolicited frame from the runner (its exported names)."""
+    def read_message(self, if_ended: str = "the sample's process ended before naming its "
+                     "functions") -> object:
+        """The runner's next frame, decoded: a reply, or first its exported names."""
         try:
             payload = read_frame(self.reply_fd, MAX_REPLY_BYTES)
         except (OSError, ValueError, EOFError) as exc:
             payload, self.broken = None, f"the sample's process broke the call channel: {exc}"
         if payload is None:
-            self.broken = self.broken or "the sample's process ended before naming its functions"
+            self.broken = self.broken or if_ended
             raise CandidateGone(self.broken)
         return self.decode(payload)
 

@@ -138,16 +138,6 @@ def describe_failure(exc: BaseException, index: int, *, _type=type, _str=str,
     return f"{text} (line {line})" if line is not None else text
 
 
-def _read_exact(fd: int, size: int, _read=os.read) -> bytes | None:
-    chunks = b""
-    while len(chunks) < size:
-        chunk = _read(fd, size - len(chunks))
-        if not chunk:
-            return None
-        chunks += chunk
-    return chunks
-
-
 def _report(fd: int, index: int, token: str, ok: bool, error: str, *, _write=os.write,
             _encode=encode_report, _pack=HEADER.pack) -> None:
     payload = _encode(index, token, ok, error)
@@ -183,10 +173,10 @@ def _execute_program(step_fd: int, report_fd: int, *, _read=os.read, _compile=co
                      _exec=exec, _BaseException=BaseException, _decode_step=decode_step,
                      _describe=describe_failure, _report=_report) -> dict | None:
     """Run the one program step; its namespace if it ran, None if it failed or never came."""
-    header = _read_exact(step_fd, HEADER.size, _read)
+    header = candidate_calls.read_exact_with(_read, step_fd, HEADER.size)
     if header is None:
         return None
-    payload = _read_exact(step_fd, HEADER.unpack(header)[0], _read)
+    payload = candidate_calls.read_exact_with(_read, step_fd, HEADER.unpack(header)[0])
     if payload is None:
         return None
     index, token, source = _decode_step(payload)
