@@ -89,6 +89,7 @@ def main(argv: list[str]) -> int:
         write_table,
     )
     from glm5_jax.reproduce.tables import table_entry
+    from glm5_jax.run_info import git_commit
 
     entry = table_entry(args.name)
     spec = table_spec(entry.experiment, args.scale, assignments)
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> int:
                       spec=spec, table_assignments=tuple(assignments), run_planner=args.plan,
                       parallel=args.parallel, echo=lambda m: print(m, flush=True))
     workdir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, commit = time.time(), git_commit()  # the code this invocation runs
     module = entry.load()
     with LoadMonitor() as load:
         context.load = load
@@ -110,7 +111,7 @@ def main(argv: list[str]) -> int:
             table = module.build_pod(context)
         else:
             table = module.build(context)
-    table.provenance = record_run(workdir, context.provenance(started))
+    table.provenance = record_run(workdir, context.provenance(started, commit))
     write_table(workdir, table)
     if args.fragment:
         write_fragment(table, workdir, Path(args.fragment).absolute(), REPO)

@@ -20,7 +20,6 @@ from typing import Any
 import ml_collections
 
 from glm5_jax.reproduce.load_monitor import LoadMonitor
-from glm5_jax.run_info import git_commit
 
 
 @dataclasses.dataclass
@@ -48,10 +47,10 @@ class Context:
         return (f"python -m glm5_jax.reproduce {self.name} --scale={self.scale} "
                 f"--workdir={self.workdir}{extra}")
 
-    def provenance(self, started: float) -> dict[str, Any]:
+    def provenance(self, started: float, commit: str | None) -> dict[str, Any]:
         """Where the table's numbers come from and what the machine was doing."""
         return {"experiment": self.config_argument, "command": self.command,
-                "commit": git_commit(), "started": _iso(started), "finished": _iso(time.time()),
+                "commit": commit, "started": _iso(started), "finished": _iso(time.time()),
                 "wall_s": round(time.time() - started, 1), "cpu_s": _cpu_seconds(),
                 "load_average_1min": self.load.summary() if self.load else None,
                 "cpu_count": os.cpu_count(), "python": sys.version.split()[0],

@@ -153,7 +153,7 @@ def build(context: Context) -> Table:
                            "paper": spec.paper[0]["value"], "ours": row.get("retention"),
                            "note": f"accuracy at {short}: {_fmt(row.get(f'acc_{short}'))}"})
     notes = [
-        (f"Task: {spec.task.num_keys} keys (KEY_xy = dddd) at random depths in code-like filler, the "
+        (f"Task: {spec.task.num_keys} keys (KEY_xy = ddd) at random depths in code-like filler (a fixed cycle of lines), the "
          "last line asks for one (assert KEY_xy == ); a prompt is correct when the argmax at every answer "
          f"token is the answer (= greedy decoding of it). {spec.eval_prompts} prompts per length, the same "
          "for both rows; both rows trained at "

@@ -2,10 +2,10 @@
 code-like filler.
 
 A document is lines of small Python-looking statements; ``num_keys`` of them are assignments
-``KEY_xy = 4821`` at random depths, and it ends asking for them: ``assert KEY_xy == 4821``.
-The filler has little entropy (one of a few templates, single digits), so once it is learned
-most of the remaining loss is the values, and an answer can only come from finding its key's
-line (an induction copy across the whole document). A training document asks for every key,
+``KEY_xy = 482`` at random depths, and it ends asking for them: ``assert KEY_xy == 482``.
+The filler has no entropy (a fixed cycle of lines from a random start), so once it is learned
+the remaining loss is the keys and values (random) and the answers, and an answer can only
+come from finding its key's line (an induction copy across the whole document). A training document asks for every key,
 in random order (num_keys retrieval targets per document); an evaluation prompt asks for one,
 as the first question of a training document does. Training documents fit the training
 length; evaluation prompts are built to a token length with the keys spread over the prompt.
@@ -25,33 +25,36 @@ from pathlib import Path
 
 import ml_collections
 
-_TEMPLATES = (
-    "x_{i} = x_{j} + {d}",
-    "y_{i} = y_{j} * {d}",
-    "if x_{i} > {d}:\n    x_{i} -= 1",
-    "for k in range({d}):\n    total += k",
-    "def fn_{i}(a, b):\n    return a * {d} + b",
-    "# step {i}: update the counters",
-    "items.append(x_{i})",
+# The filler cycles through these lines in order (from a random start): once learned it costs
+# no loss, so what is left to learn is the retrieval.
+_FILLER = (
+    "total = total + 1",
+    "items.append(total)",
+    "if total > 9:",
+    "    total = 0",
+    "for item in items:",
+    "    count += item",
+    "# update the counters",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalExample:
     prompt: str  # ends with "assert KEY_xy == "
-    answer: str  # the value, e.g. "4821"
+    answer: str  # the value, e.g. "482"
     depth: float  # where the queried key sits in the prompt, 0 (start) .. 1 (end)
 
 
-def _filler_line(rng: random.Random) -> str:
-    return rng.choice(_TEMPLATES).format(i=rng.randrange(10), j=rng.randrange(10), d=rng.randrange(10))
+def _filler(rng: random.Random, count: int) -> list[str]:
+    start = rng.randrange(len(_FILLER))
+    return [_FILLER[(start + i) % len(_FILLER)] for i in range(count)]
 
 
 def _keys(rng: random.Random, count: int) -> list[tuple[str, str]]:
     names: set[str] = set()
     while len(names) < count:
         names.add("KEY_" + "".join(rng.choices(string.ascii_lowercase, k=2)))
-    return [(name, str(rng.randrange(1000, 10000))) for name in sorted(names)]
+    return [(name, str(rng.randrange(100, 1000))) for name in sorted(names)]
 
 
 def _document(rng: random.Random, filler: list[str], num_keys: int) -> tuple[RetrievalExample, str]:
@@ -79,7 +82,7 @@ def training_documents(task: ml_collections.ConfigDict) -> list[str]:
     rng = random.Random(task.seed)
     documents = []
     for _ in range(task.num_documents):
-        filler = [_filler_line(rng) for _ in range(rng.randint(task.min_lines, task.max_lines))]
+        filler = _filler(rng, rng.randint(task.min_lines, task.max_lines))
         example, rest = _document(rng, filler, task.num_keys)
         documents.append(example.prompt + example.answer + rest + "\n")
     return documents
@@ -100,12 +103,13 @@ def evaluation_prompts(task: ml_collections.ConfigDict, tokenizer, length: int, 
     rng = random.Random(f"{seed}-{length}")
     examples = []
     key_tokens = 8 * task.num_keys + 16  # room for the key lines and the question
+    line_tokens = [len(tokenizer.encode(line + "\n").ids) for line in _FILLER]
     for _ in range(count):
-        filler, tokens = [], 0
+        start, lines, tokens = rng.randrange(len(_FILLER)), 0, 0
         while tokens < length - key_tokens:
-            line = _filler_line(rng)
-            filler.append(line)
-            tokens += len(tokenizer.encode(line + "\n").ids)
+            tokens += line_tokens[(start + lines) % len(_FILLER)]
+            lines += 1
+        filler = [_FILLER[(start + i) % len(_FILLER)] for i in range(lines)]
         examples.append(_document(rng, filler, task.num_keys)[0])
     return examples
 

@@ -76,7 +76,7 @@ def markdown(table: Table) -> str:
     lines += [f"- {note}" for note in table.notes]
     provenance = table.provenance
     if provenance:
-        lines += ["", (f"Produced by `{provenance.get('command')}` at commit {provenance.get('commit')}. "
+        lines += ["", (f"Produced by `{provenance.get('command')}`. "
                        f"{_runs_sentence(provenance)} Every row's config, overrides, seed and commit are "
                        "in table.json.")]
     if table.status != "complete":
@@ -102,16 +102,16 @@ def record_run(workdir: Path, provenance: dict[str, Any]) -> dict[str, Any]:
 
 
 def _runs_sentence(provenance: dict[str, Any]) -> str:
-    """The invocations that did the work (over a minute), and how many others only re-read
-    finished rows."""
+    """The invocations that did work (10 s or more), and how many others only re-read
+    finished rows (every one is in runs.jsonl)."""
     runs = provenance.get("runs") or [provenance]
-    working = [run for run in runs if (run.get("wall_s") or 0) >= 60] or runs[-1:]
-    parts = [f"{run.get('started')}: {run.get('wall_s')} s wall, "
+    working = [run for run in runs if (run.get("wall_s") or 0) >= 10] or runs[-1:]
+    parts = [f"{run.get('started')} at commit {run.get('commit')}: {run.get('wall_s')} s wall, "
              f"{'n/a' if run.get('cpu_s') is None else run['cpu_s']} CPU s, 1-minute load "
              f"{_load(run.get('load_average_1min'))}" for run in working]
     rereads = len(runs) - len(working)
     return (f"Made by {len(working)} invocation(s): " + "; ".join(parts)
-            + (f" (and {rereads} under a minute that re-read finished rows)." if rereads else "."))
+            + (f" (and {rereads} under 10 s that re-read finished rows)." if rereads else "."))
 
 
 def write_table(workdir: Path, table: Table) -> None:
