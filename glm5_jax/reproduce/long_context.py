@@ -163,7 +163,7 @@ def build(context: Context) -> Table:
          "wall-clock on a shared host (load average below)."),
     ]
     complete = all(r["status"] == "done" for r in rows)
-    return Table(name="long_context", title="Long context: dense MLA vs DSA on multi-key retrieval",
+    return Table(name="long_context", title="Long context: dense MLA vs DSA on key retrieval in code-like filler",
                  scale=context.scale, paper=list(spec.paper), columns=columns, rows=rows,
                  comparison=comparison, plots=plots, notes=notes,
                  status="complete" if complete else "incomplete")
