@@ -72,7 +72,7 @@ def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict
         topology = topologies.get(identity.get("size"), topologies.get("default", "v5p-256"))
         train, plan = commands(context, name, overrides, topology)
         script += [f"# {name}", shlex.join(train), shlex.join(plan), ""]
-        row = {"row": name, **identity, "topology": topology, "total_params": counts["total_without_mtp"],
+        row = {**identity, "row": name, "topology": topology, "total_params": counts["total_without_mtp"],
                "active_params": counts["active_per_token"],
                "train_flops_formula": training_flops_per_token(model_config, config.seq_len),
                "provenance": {"config": context.config_argument, "overrides": flatten(overrides),

@@ -66,13 +66,17 @@ def trained_models(context: Context) -> list[TrainedModel]:
     return models
 
 
-def load(workdir: Path):
-    """(model config, variables, tokenizer for documents) of a training workdir."""
-    from glm5_jax.data.tokenizer import document_tokenizer, load_tokenizer
-    from glm5_jax.sample.checkpoint import load_train_workdir
+def load(directory: Path):
+    """(model config, variables, tokenizer for documents) of a training workdir or an HF
+    checkpoint directory with its tokenizer.json."""
+    from glm5_jax.data.tokenizer import document_tokenizer
+    from glm5_jax.sample.checkpoint import load_for_generation, load_tokenizer
 
-    model, variables = load_train_workdir(str(workdir))
-    return model.config, variables, document_tokenizer(load_tokenizer(workdir / "tokenizer.json"))
+    model, variables = load_for_generation(str(directory))
+    tokenizer = load_tokenizer(str(directory))
+    if tokenizer is None:
+        raise UserError(f"{directory} has no tokenizer.json; the model's prompts cannot be encoded")
+    return model.config, variables, document_tokenizer(tokenizer)
 
 
 def fixed_length_prompts(tokenizer, texts: list[str], length: int) -> list[list[int]]:

@@ -1,10 +1,10 @@
 """What every paper table's config shares: the scale names and the trimmed smoke model.
 
-Each table file in ``experiments/paper/`` (``cost.py``, ``long_context.py``, ...) defines ``get_config(scale)``:
-the training config every row of the table starts from (its rows add overrides), and
-``get_table(scale)``: the rows, seeds and evaluation settings. ``scale`` is the text after
-the colon of ``--config=experiments/paper/cost.py:cpu`` (ml_collections passes it to
-``get_config``), so ``python -m glm5_jax.train`` and ``python -m glm5_jax.plan`` read the
+Each table file in ``experiments/paper/`` (``cost.py``, ``long_context.py``, ...) defines
+``get_config(scale)``, the training config every row of the table starts from (its rows add
+overrides), and ``get_table(scale)``: the rows, seeds and evaluation settings. ``scale`` is the
+text after the colon of ``--config=experiments/paper/cost.py:cpu`` (ml_collections passes it
+to ``get_config``), so ``python -m glm5_jax.train`` and ``python -m glm5_jax.plan`` read the
 same file the reproduction does:
 
 * ``smoke``: minutes on two CPU cores, a synthetic corpus written into the table's workdir;
