@@ -86,3 +86,12 @@ def run(main: Callable[[list[str]], None], *, distributed: bool = True) -> None:
             fail(str(error))
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def run_argparse(main: Callable[[list[str]], int]) -> None:
+    """Entry point of an argparse command: exit with ``main(argv)``'s status; a ``UserError``
+    prints one line and exits 2, as ``run`` does for absl commands."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as error:
+        fail(str(error))

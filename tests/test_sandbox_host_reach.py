@@ -181,11 +181,10 @@ def test_unprivileged_host_contains_every_host_reach_case_through_user_namespace
         targets.assert_reachable_unsandboxed()
         os.chown(targets.canary_dir, NOBODY, NOBODY)  # the canary is the host user's
         os.chown(targets.canary, NOBODY, NOBODY)
-        script = os.path.join(os.path.dirname(copy_for_unprivileged_host(copy)),
-                              "unprivileged_host_reach.py")
+        script = copy_for_unprivileged_host(copy)
         values = {**targets.substitutions(), **reach.substitutions()}
         completed = subprocess.run(
-            [python, script, json.dumps(values)],
+            [python, script, json.dumps(values), "host_reach"],
             user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True, text=True,
             cwd="/", timeout=300, check=False)
         assert completed.returncode == 0, completed.stderr[-3000:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 from flax import linen as nn
 
 from glm5_jax.config import ModelConfig

@@ -60,7 +60,7 @@ def array_bytes(shape: str, largest_only: bool = False) -> float:
 
 
 def collective_stats(hlo_text: str) -> CollectiveStats:
-    computations, entry = _split(hlo_text)
+    computations, entry = split_computations(hlo_text)
     own: dict[str, collections.Counter] = {}
     own_counts: dict[str, collections.Counter] = {}
     calls: dict[str, list[tuple[str, str | None]]] = {}
@@ -115,7 +115,8 @@ def collective_stats(hlo_text: str) -> CollectiveStats:
                            {k: int(counts.get(k, 0)) for k in COLLECTIVE_KINDS}, unknown[0])
 
 
-def _split(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+def split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+    """HLO text as {computation name: its instruction lines}, and the ENTRY's name."""
     computations: dict[str, list[str]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():

@@ -20,7 +20,6 @@ done, 1 when one failed or is missing (the table says which), 2 on a usage error
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -119,12 +118,5 @@ def main(argv: list[str]) -> int:
     return 0 if table.status in ("complete", "planned") else 1
 
 
-def _entry() -> None:
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as error:
-        cli.fail(str(error))
-
-
 if __name__ == "__main__":
-    _entry()
+    cli.run_argparse(main)

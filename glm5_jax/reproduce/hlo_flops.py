@@ -21,7 +21,8 @@ import dataclasses
 import math
 import re
 
-_HEADER = re.compile(r"^(?:ENTRY )?%(\S+) \(.*\{$")
+from glm5_jax.plan.hlo_collectives import split_computations
+
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z][a-z0-9\-]*)\((.*)$")
 _TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = \(")
 _SHAPE = re.compile(r"^[a-z0-9]+\[([0-9,]*)\]")
@@ -51,25 +52,6 @@ def _dims(shape: str) -> list[int] | None:
     return [int(d) for d in match.group(1).split(",") if d]
 
 
-def _split(hlo_text: str) -> tuple[dict[str, list[str]], str]:
-    computations: dict[str, list[str]] = {}
-    entry, current = None, None
-    for line in hlo_text.splitlines():
-        header = _HEADER.match(line)
-        if header:
-            current = header.group(1)
-            computations[current] = []
-            if line.startswith("ENTRY"):
-                entry = current
-        elif line.startswith("}"):
-            current = None
-        elif current is not None:
-            computations[current].append(line)
-    if entry is None:
-        raise ValueError("no ENTRY computation in the HLO text")
-    return computations, entry
-
-
 def _dot_flops(output: list[int], lhs: list[int] | None, rest: str) -> float:
     contracting = _CONTRACTING.search(rest)
     if lhs is None or contracting is None:
@@ -89,7 +71,7 @@ def _convolution_flops(output: list[int], lhs: list[int] | None, rest: str) -> f
 
 def matmul_flops(hlo_text: str) -> MatmulFlops:
     """FLOPs of every dot in ``hlo_text`` (``compiled.as_text()``), loops unrolled by count."""
-    computations, entry = _split(hlo_text)
+    computations, entry = split_computations(hlo_text)
     own: dict[str, tuple[float, int]] = {}
     # Per computation: (callees, times). One callee, or a conditional's branches (the costliest
     # counts: the work when the step runs); times None: a loop whose bound is unknown.

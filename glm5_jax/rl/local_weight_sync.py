@@ -12,7 +12,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from glm5_jax.rl.weight_shards import ShardingFor, flatten_dict_tree, unflatten_dict_tree
+from glm5_jax.rl.staged_policy import StagedPolicy
+from glm5_jax.rl.weight_shards import (
+    ShardingFor,
+    flatten_dict_tree,
+    unflatten_dict_tree,
+)
 
 
 def reshard(variables: Any, sharding_for: ShardingFor) -> dict[str, Any]:
@@ -28,16 +33,13 @@ def reshard(variables: Any, sharding_for: ShardingFor) -> dict[str, Any]:
     return unflatten_dict_tree([(path, leaf) for (path, _), leaf in zip(items, moved)])
 
 
-class InProcessPolicy:
+class InProcessPolicy(StagedPolicy):
     """The ``Policy`` of a rollout running in the learner's process on its own mesh: the
     learner ``push``es, the rollout ``refresh``es (one attribute read when nothing is new)."""
 
     def __init__(self, sharding_for: ShardingFor) -> None:
+        super().__init__()
         self.sharding_for = sharding_for
-        self.version: int | None = None
-        self.variables: dict[str, Any] | None = None
-        self.load_seconds = 0.0
-        self._staged: tuple[int, dict[str, Any]] | None = None
 
     def push(self, version: int, variables: Any) -> float:
         """Reshard ``variables`` onto this policy's devices and stage them; returns seconds."""
@@ -48,10 +50,3 @@ class InProcessPolicy:
         seconds = time.perf_counter() - start
         self.load_seconds += seconds
         return seconds
-
-    def refresh(self) -> bool:
-        staged = self._staged
-        if staged is None or staged[0] == self.version:
-            return False
-        self.version, self.variables = staged
-        return True

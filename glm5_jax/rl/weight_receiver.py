@@ -24,9 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from glm5_jax.rl.weight_shards import (Bounds, LeafLayout, ShardingFor, assemble_leaf,
-                                       unflatten_dict_tree)
-from glm5_jax.rl.weight_wire import StreamClosed, connect, recv_header, recv_payload, send_frame
+from glm5_jax.rl.staged_policy import StagedPolicy
+from glm5_jax.rl.weight_shards import (
+    Bounds,
+    LeafLayout,
+    ShardingFor,
+    assemble_leaf,
+    unflatten_dict_tree,
+)
+from glm5_jax.rl.weight_wire import (
+    StreamClosed,
+    connect,
+    recv_header,
+    recv_payload,
+    send_frame,
+)
 
 RECONNECT_SECONDS = 0.5
 
@@ -43,20 +55,17 @@ class _Assembly:
     leaves_left: int
 
 
-class WeightReceiver:
+class WeightReceiver(StagedPolicy):
     def __init__(self, addresses: list[str], sharding_for: ShardingFor, worker_id: int,
                  streams: int = 4, timeout_s: float = 300.0) -> None:
+        super().__init__()
         self.addresses = list(addresses)
         self.sharding_for = sharding_for
         self.worker_id = worker_id
         self.streams = streams
         self.timeout_s = timeout_s
         self.session = uuid.uuid4().hex
-        self.version: int | None = None
-        self.variables: dict[str, Any] | None = None
-        self.load_seconds = 0.0  # time spent assembling versions (a cost of weight sync)
         self.received_bytes = 0
-        self._staged: tuple[int, dict[str, Any]] | None = None
         self._assembly: _Assembly | None = None
         self._layouts: dict[str, list[LeafLayout]] = {}
         self._lock = threading.Lock()
@@ -70,14 +79,6 @@ class WeightReceiver:
             thread.start()
 
     # The rollout's calls ---------------------------------------------------------------------
-    def refresh(self) -> bool:
-        """Take the newest staged version if it is not the one in use; True if it changed."""
-        staged = self._staged
-        if staged is None or staged[0] == self.version:
-            return False
-        self.version, self.variables = staged
-        return True
-
     def wait_for_first(self, timeout_s: float = 600.0) -> None:
         with self._staged_event:
             if not self._staged_event.wait_for(lambda: self._staged is not None, timeout_s):

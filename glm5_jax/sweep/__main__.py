@@ -93,12 +93,5 @@ def main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _entry() -> None:
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as error:
-        cli.fail(str(error))
-
-
 if __name__ == "__main__":
-    _entry()
+    cli.run_argparse(main)
