@@ -1,13 +1,18 @@
 """Run (or submit) every point of a sweep; finished points are skipped, unfinished ones
 continue from their checkpoints, a failing point is recorded and the others go on.
 
-A point is ``python -m glm5_jax.train --config=C --workdir=DIR/points/<name> <shared
-overrides> <its overrides>``, started as a subprocess (``--launcher=local``; through
-``launch/local.py`` when it has several processes) or handed to ``launch/tpu.py`` /
-``launch/slurm.py``. What happened is in ``<point>/sweep_status.json``: done (exit 0 and
-"done"/"nothing to do"), preempted, failed (with the last lines of its output), or
-submitted. Rerunning the sweep runs every point whose status is not done. DIR may be
-``gs://...`` (files through ``etils.epath``); a point's ``sweep.log`` then appears when the
+A point runs its job's commands (``jobs.py``): for ``--job=train`` (the default) ``python -m
+glm5_jax.train --config=C --workdir=DIR/points/<name> <shared overrides> <its overrides>``;
+for ``--job=rl`` ``python -m glm5_jax.rl`` with the same arguments, then ``python -m
+glm5_jax.rl.evaluation --workdir=DIR/points/<name>``. The first command is started as a
+subprocess (``--launcher=local``; through ``launch/local.py`` when it has several processes)
+or handed to ``launch/tpu.py`` / ``launch/slurm.py``; the commands after it run here once it
+has succeeded. What happened is in ``<point>/sweep_status.json``: done (every command exited
+0; training said "done"/"nothing to do"), preempted, failed (with the last lines of its
+output, and ``commands_done`` when an earlier command had succeeded: a rerun starts after
+it), or submitted. Rerunning the sweep runs every point whose status is not done. The job is
+recorded in ``DIR/sweep.json``; a rerun with another job is refused. DIR may be ``gs://...``
+(files through ``etils.epath``; ``train`` only); a point's ``sweep.log`` then appears when the
 point ends (a local one fills as it runs).
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -23,11 +29,14 @@ from typing import Any
 
 from etils import epath
 
+from glm5_jax.errors import UserError
 from glm5_jax.paths import is_local
-from glm5_jax.sweep.grid import Point, override_flags
+from glm5_jax.sweep.grid import Point
+from glm5_jax.sweep.jobs import JOBS, Job, point_commands
 
 REPO = Path(__file__).resolve().parents[2]  # the code: always local
 STATUS_FILE = "sweep_status.json"
+SWEEP_FILE = "sweep.json"
 ERROR_LINES = 15
 
 
@@ -43,9 +52,28 @@ def _write_status(point_dir: epath.Path, status: dict[str, Any]) -> None:
     (point_dir / STATUS_FILE).write_text(json.dumps(status, indent=1) + "\n")
 
 
+def record_job(directory: epath.Path, job: Job) -> None:
+    """``DIR/sweep.json`` names the sweep's job; a sweep directory holds points of one job."""
+    path = directory / SWEEP_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text()).get("job", "train")
+        if recorded != job.name:
+            raise UserError(f"{directory} holds a --job={recorded} sweep ({path}); this is "
+                            f"--job={job.name}: use another --workdir")
+    else:
+        path.write_text(json.dumps({"job": job.name}) + "\n")
+
+
 def train_command(config_path: str, point_dir: epath.Path, point: Point, shared: list[str]) -> list[str]:
-    return [sys.executable, "-m", "glm5_jax.train", f"--config={config_path}",
-            f"--workdir={point_dir}", *shared, *override_flags(point)]
+    """The ``train`` job's command (one function, so that tests can stand in for it)."""
+    return point_commands(JOBS["train"], config_path, point_dir, point, shared)[0]
+
+
+def job_commands(job: Job, config_path: str, point_dir: epath.Path, point: Point,
+                 shared: list[str]) -> list[list[str]]:
+    if job.name == "train":
+        return [train_command(config_path, point_dir, point, shared)]
+    return point_commands(job, config_path, point_dir, point, shared)
 
 
 def launcher_command(launcher: str, command: list[str], point_dir: epath.Path, num_processes: int,
@@ -62,40 +90,50 @@ def launcher_command(launcher: str, command: list[str], point_dir: epath.Path, n
     return args + ["--", *command]
 
 
-def _run_logged(command: list[str], log_path: epath.Path) -> tuple[int, str]:
-    """Run ``command`` from the repository with its output (stdout and stderr) in ``log_path``:
-    written as it comes on a local disk; on an object store written whole when it ends.
-    Returns the exit code and the output."""
+def _run_logged(command: list[str], log_path: epath.Path, append: bool = False) -> tuple[int, str]:
+    """Run ``command`` from the repository with its output (stdout and stderr) in ``log_path``
+    (after what is there with ``append``): written as it comes on a local disk; on an object
+    store written whole when it ends. Returns the exit code and this command's output."""
     if not is_local(log_path):
         result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", check=False)
-        log_path.write_text(result.stdout)
+        before = log_path.read_text() if append and log_path.exists() else ""
+        log_path.write_text(before + result.stdout)
         return result.returncode, result.stdout
-    with open(log_path, "w") as log:
+    start = os.path.getsize(log_path) if append and log_path.exists() else 0
+    with open(log_path, "a" if append else "w") as log:
         result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                                 check=False)
-    return result.returncode, log_path.read_bytes().decode(errors="replace")
+    return result.returncode, log_path.read_bytes()[start:].decode(errors="replace")
 
 
 def run_point(name: str, point: Point, directory: epath.Path, config_path: str, shared: list[str],
               launcher: str, num_processes: int, devices_per_process: int | None,
-              launcher_args: list[str], echo) -> dict[str, Any]:
+              launcher_args: list[str], echo, job: Job = JOBS["train"]) -> dict[str, Any]:
     point_dir = directory / "points" / name
     point_dir.mkdir(parents=True, exist_ok=True)
-    command = train_command(config_path, point_dir, point, shared)
-    wrapped = launcher_command(launcher, command, point_dir, num_processes, devices_per_process,
-                               launcher_args) or command
-    echo(f"[{name}] {shlex.join(wrapped)}")
-    returncode, output = _run_logged(wrapped, point_dir / "sweep.log")
-    if returncode != 0:
-        tail = [line for line in output.splitlines() if line.strip()][-ERROR_LINES:]
-        status = {"status": "failed", "returncode": returncode, "error": "\n".join(tail)}
-    elif launcher != "local":
-        status = {"status": "submitted"}
-    elif "preempted:" in output:
-        status = {"status": "preempted"}
-    else:
-        status = {"status": "done"}
+    commands = job_commands(job, config_path, point_dir, point, shared)
+    done_before = read_status(point_dir).get("commands_done", 0)  # a rerun starts after them
+    status = {"status": "done"}
+    for index in range(done_before, len(commands)):
+        command = commands[index]
+        if index == 0:
+            command = launcher_command(launcher, command, point_dir, num_processes,
+                                       devices_per_process, launcher_args) or command
+        echo(f"[{name}] {shlex.join(command)}")
+        returncode, output = _run_logged(command, point_dir / "sweep.log", append=index > done_before)
+        if returncode != 0:
+            tail = [line for line in output.splitlines() if line.strip()][-ERROR_LINES:]
+            status = {"status": "failed", "returncode": returncode, "error": "\n".join(tail)}
+            if index:
+                status["commands_done"] = index
+            break
+        if launcher != "local":
+            status = {"status": "submitted"}
+            break
+        if "preempted:" in output:
+            status = {"status": "preempted"}
+            break
     _write_status(point_dir, status)
     echo(f"[{name}] {status['status']}" + (f": {status['error'].splitlines()[-1]}"
                                           if status.get("error") else ""))
@@ -105,7 +143,7 @@ def run_point(name: str, point: Point, directory: epath.Path, config_path: str, 
 def run_sweep(directory: epath.Path, points: dict[str, Point], config_path: str, shared: list[str],
               launcher: str = "local", parallel: int = 1, num_processes: int = 1,
               devices_per_process: int | None = None, launcher_args: list[str] | None = None,
-              echo=print) -> dict[str, dict[str, Any]]:
+              echo=print, job: Job = JOBS["train"]) -> dict[str, dict[str, Any]]:
     """Status per point name, after running every point that is not done."""
     statuses = {name: read_status(directory / "points" / name) for name in points}
     todo = [name for name, status in statuses.items() if status.get("status") != "done"]
@@ -115,7 +153,7 @@ def run_sweep(directory: epath.Path, points: dict[str, Point], config_path: str,
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
         futures = {pool.submit(run_point, name, points[name], directory, config_path, shared,
                                launcher, num_processes, devices_per_process,
-                               list(launcher_args or []), echo): name for name in todo}
+                               list(launcher_args or []), echo, job): name for name in todo}
         for future in concurrent.futures.as_completed(futures):
             statuses[futures[future]] = future.result()
     return statuses
