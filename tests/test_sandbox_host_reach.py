@@ -424,6 +424,7 @@ def test_a_refused_pivot_falls_back_to_the_read_only_host_tree():
 
             linux.pivot_root = refuse
             workdir, tags, host_dir = filesystem.prepare_filesystem(["mount-ns"], None, None)
+            filesystem.enter_private_scratch(None, None, 1 << 20)  # what each runner does
             try:
                 with open(probe, "w"):
                     writable = True

@@ -215,8 +215,9 @@ def test_hostile_program_is_contained(hostile, pool, host_targets):
     assert len(result.stdout_tail) <= LIMITS.output_tail_bytes
     host_targets.assert_intact()
     assert sandbox_uid_processes(pool.held_uids()) == []
-    # Each helper keeps exactly one prepared sandbox (supervisor, init, idle runner, judge).
-    assert wait_until(lambda: all(len(descendants(pid)) == 4 for pid in helpers), 15.0), \
+    # Each helper keeps two sandboxes, the one serving and its spare, each with exactly a
+    # supervisor, init, the judge and an idle runner: nothing of the sample is left.
+    assert wait_until(lambda: all(len(descendants(pid)) == 8 for pid in helpers), 15.0), \
         {pid: descendants(pid) for pid in helpers}
     assert pool.run(BENIGN.program, BENIGN.tests).passed
     assert pool.helper_pids() == helpers  # no helper had to be restarted

@@ -28,7 +28,8 @@ def prepare_filesystem(namespaces: list[str], uid: int | None, gid: int | None,
     With a mount namespace the sample gets its own root (``minimal_root``): the
     interpreter, the standard library and the system libraries it loads, read-only, and
     nothing else of the host; /tmp, /var/tmp and /dev/shm are fresh size-limited tmpfs
-    mounts that vanish with the namespace. Should the kernel refuse that root, the whole
+    mounts that each runner makes in a mount namespace of its own (``enter_private_scratch``),
+    so they vanish with that sample's processes. Should the kernel refuse that root, the whole
     host tree is shown read-only instead (``keep_writable`` mounts excepted) and the tags
     say so: "read-only-root" without "minimal-root". Without a mount namespace, the
     workdir is a host temporary directory that the supervisor deletes afterwards.
@@ -37,26 +38,33 @@ def prepare_filesystem(namespaces: list[str], uid: int | None, gid: int | None,
     if "mount-ns" in namespaces:
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         tags += _enter_minimal_root(namespaces) or _read_only_host_tree(keep_writable)
-        for directory in SCRATCH_DIRS:
-            if os.path.isdir(directory):
-                linux.mount("tmpfs", directory, "tmpfs", SCRATCH_FLAGS,
-                            scratch_options(SandboxLimits().scratch_bytes))
-        tags.append("private-tmp")
-        workdir, host_dir = PRIVATE_WORKDIR, None
-        os.mkdir(workdir, 0o700)
-    else:
-        # The harness's own directory stays ours (0711: the sample may only pass through
-        # it); only work/ inside it is the sample's. So the uid's sweep of /tmp, run when
-        # another sample of the same uid ends, never touches it, and the sample cannot
-        # rename it or swap it for a symlink before teardown deletes it.
-        host_dir = tempfile.mkdtemp(prefix="glm5-sandbox-")
-        os.chmod(host_dir, 0o711)
-        workdir = os.path.join(host_dir, "work")
-        os.mkdir(workdir, 0o700)
-        tags.append("host-tempdir")
+        tags.append("private-tmp")  # each runner mounts its own (enter_private_scratch)
+        return PRIVATE_WORKDIR, tags, None
+    # The harness's own directory stays ours (0711: the sample may only pass through
+    # it); only work/ inside it is the sample's. So the uid's sweep of /tmp, run when
+    # another sample of the same uid ends, never touches it, and the sample cannot
+    # rename it or swap it for a symlink before teardown deletes it.
+    host_dir = tempfile.mkdtemp(prefix="glm5-sandbox-")
+    os.chmod(host_dir, 0o711)
+    workdir = os.path.join(host_dir, "work")
+    os.mkdir(workdir, 0o700)
+    tags.append("host-tempdir")
     if uid is not None:
         os.chown(workdir, uid, gid if gid is not None else uid)
     return workdir, tags, host_dir
+
+
+def enter_private_scratch(uid: int | None, gid: int | None, scratch_bytes: int) -> None:
+    """A mount namespace of the runner's own with fresh size-limited tmpfs on /tmp,
+    /var/tmp and /dev/shm, and the working directory in it: what one sample writes
+    vanishes with its processes, before the sandbox's next sample starts."""
+    linux.unshare(linux.CLONE_NEWNS)
+    for directory in SCRATCH_DIRS:
+        if os.path.isdir(directory):
+            linux.mount("tmpfs", directory, "tmpfs", SCRATCH_FLAGS, scratch_options(scratch_bytes))
+    os.mkdir(PRIVATE_WORKDIR, 0o700)
+    if uid is not None:
+        os.chown(PRIVATE_WORKDIR, uid, gid if gid is not None else uid)
 
 
 def _enter_minimal_root(namespaces: list[str]) -> list[str]:
@@ -93,8 +101,8 @@ def scratch_options(size_bytes: int) -> str:
 
 
 def resize_scratch(size_bytes: int) -> None:
-    """Give the private scratch mounts the sample's own size limit (they were mounted
-    ahead of the request with the default)."""
+    """Give the private scratch mounts the sample's own size limit (the runner mounted
+    them ahead of the request with the default)."""
     if size_bytes == SandboxLimits().scratch_bytes:
         return
     for directory in SCRATCH_DIRS:

@@ -1,8 +1,9 @@
 """The judge: runs a sample's tests in its own, trusted interpreter.
 
-Forked by the supervisor ahead of the request, beside init (and so inside the sample's
-namespaces, but never in its uid or its process group), the judge holds the tests and
-nothing of the sample but handles. It binds the program's exported names (functions as
+Forked once per sandbox by the supervisor, before the sample's pid namespace exists (so
+in its mount and network namespaces, but never in its pid namespace, uid or process
+group: no sandboxed process can see or signal it), the judge serves the sandbox's samples
+in turn. It holds the tests and nothing of the sample but handles. It binds the program's exported names (functions as
 ``RemoteObject`` handles, data as data), executes each test the supervisor sends with
 its token, and reports the outcome on a pipe no sandboxed process holds. A test that
 calls the candidate crosses into the runner and gets plain data back; so no object and
@@ -23,11 +24,12 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 import types
 
 from glm5_jax.eval.limits import SandboxLimits
-from glm5_jax.eval.sandbox_child import linux
+from glm5_jax.eval.sandbox_child import control_socket, linux
 from glm5_jax.eval.sandbox_child.framing import encode_frame, read_frame, write_all
 from glm5_jax.eval.sandbox_child.process_hygiene import close_fds_except
 from glm5_jax.eval.sandbox_child.protocol import (
@@ -36,6 +38,7 @@ from glm5_jax.eval.sandbox_child.remote_objects import CallChannel, CandidateGon
 from glm5_jax.eval.sandbox_child.runner import describe_failure
 
 MODULE_NAME = "__sandbox__"
+IDLE = b"idle"  # on the control socket: the last sample's pipes are closed
 CANDIDATE_FUNCTION = "candidate_function"
 # Modules a program imported are bound for the tests by importing the same stdlib
 # module here (never the sample's object); these would do something on import.
@@ -69,43 +72,59 @@ class JudgeRequest:
         return cls(SandboxLimits.from_dict(fields["limits"]), tuple(fields["names_from_program"]))
 
 
-def become_judge(channels: JudgeChannels, supervisor_pid: int) -> None:
-    """Isolate, wait for the request, judge the tests until hung up. Never returns."""
+def become_judge(control_fd: int, supervisor_pid: int) -> None:
+    """Isolate, then judge one sample per control message until hung up. Never returns.
+
+    Each message is a ``JudgeRequest`` with the sample's four pipe ends (``JudgeChannels``
+    order); the sample ends when its step pipe closes, and the judge answers ``IDLE`` on
+    the control socket, ready for the next one. Each sample's tests get a fresh module.
+    """
     try:
+        linux.set_process_name("glm5-judge")
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        # 0: the supervisor is outside our pid namespace; anything else means it died
-        # between fork and prctl and we were re-parented.
-        if os.getppid() not in (supervisor_pid, 0):
+        # Forked before the sample's pid namespace exists: the supervisor is our parent.
+        if os.getppid() != supervisor_pid:
             os._exit(0)
         os.setpgid(0, 0)  # not the runner's group; the supervisor kills it by pid
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        close_fds_except({channels.step_read, channels.report_write, channels.call_write,
-                          channels.reply_read})
+        close_fds_except({control_fd})
         os.chdir("/")
-        frame = read_frame(channels.step_read)
-        if frame is None:
-            os._exit(0)  # the zygote is shutting down
-        request = JudgeRequest.from_json(frame)
-        _apply_rlimits(request.limits)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    except BaseException as exc:  # noqa: BLE001
-        _report(channels.report_write, SETUP_FAILED_INDEX, "setup", False,
-                f"judge setup failed: {type(exc).__name__}: {exc}")
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        control = socket.socket(fileno=control_fd)
+    except BaseException:  # noqa: BLE001 - the supervisor sees the control socket close
         os._exit(70)
-    judge_tests(channels, request)
-    os._exit(0)
+    while True:
+        message, fds = control_socket.receive(control)
+        if not message:
+            os._exit(0)  # the supervisor is done with this sandbox
+        if len(fds) != 4:
+            os._exit(70)
+        channels = JudgeChannels(*fds)
+        try:
+            request = JudgeRequest.from_json(message)
+            _apply_rlimits(request.limits)
+        except BaseException as exc:  # noqa: BLE001
+            _report(channels.report_write, SETUP_FAILED_INDEX, "setup", False,
+                    f"judge setup failed: {type(exc).__name__}: {exc}")
+            os._exit(70)
+        judge_tests(channels, request)
+        for fd in fds:
+            os.close(fd)
+        control_socket.send(control, IDLE)
 
 
 def _apply_rlimits(limits: SandboxLimits) -> None:
-    """The sample's CPU and memory ceilings bound the judge too: a reply it must decode
-    is bounded by the frame size, and a test's own work by these."""
-    cpu = limits.effective_cpu_s
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    """The sample's CPU and memory ceilings bound the judge too (a reply it must decode
+    is bounded by the frame size, a test's own work by these). Soft limits only, the CPU
+    one counted from what earlier samples used, so the next sample can have its own."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = int(used.ru_utime + used.ru_stime) + 1 + limits.effective_cpu_s
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, resource.RLIM_INFINITY))
 
 
 def judge_tests(channels: JudgeChannels, request: JudgeRequest) -> None:
@@ -117,7 +136,7 @@ def judge_tests(channels: JudgeChannels, request: JudgeRequest) -> None:
     while True:
         frame = read_frame(channels.step_read)
         if frame is None:
-            return
+            return  # the supervisor closed the step pipe: this sample is over
         index, token, source = decode_step(frame)
         ok, error = True, ""
         try:

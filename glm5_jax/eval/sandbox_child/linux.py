@@ -36,6 +36,7 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 PR_GET_SECCOMP = 21
 PR_SET_SECCOMP = 22
@@ -121,6 +122,12 @@ def _set_tree_attributes(path: str, set_flags: int, clear_flags: int) -> None:
 
 def prctl(option: int, value: int, argument: int = 0) -> None:
     _check(_libc.prctl(option, value, argument, 0, 0), f"prctl({option})")
+
+
+def set_process_name(name: str) -> None:
+    """The name ``ps``, ``top`` and ``perf`` show for this process (15 bytes at most)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 def prctl_get(option: int) -> int:

@@ -35,12 +35,13 @@ IPC_LIMITS = (
 )
 
 
-def enter_namespaces() -> list[str]:
+def enter_namespaces(enter_pid: bool = True) -> list[str]:
     """Unshare every namespace the kernel allows; returns the tags of those entered.
 
     Not root: first try a user namespace, which grants the capabilities the others need
     (many kernels allow this to unprivileged users; some distributions forbid it).
-    The pid namespace applies to children only: the next fork becomes its pid 1.
+    The pid namespace applies to children only: the next fork becomes its pid 1; with
+    ``enter_pid=False`` it is left for the caller (to fork something outside it first).
     """
     tags = []
     if os.geteuid() != 0:
@@ -50,6 +51,8 @@ def enter_namespaces() -> list[str]:
         except OSError:
             return tags
     for tag, flag in _NAMESPACES:
+        if tag == "pid-ns" and not enter_pid:
+            continue
         try:
             linux.unshare(flag)
             tags.append(tag)

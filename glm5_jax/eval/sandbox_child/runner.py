@@ -17,7 +17,8 @@ import sys
 import types
 
 from glm5_jax.eval.limits import SandboxLimits
-from glm5_jax.eval.sandbox_child import candidate_calls, linux, privileges, process_hygiene
+from glm5_jax.eval.sandbox_child import (
+    candidate_calls, filesystem, linux, namespaces, privileges, process_hygiene)
 from glm5_jax.eval.sandbox_child.framing import HEADER, read_frame
 from glm5_jax.eval.sandbox_child.protocol import (
     MAX_ERROR_CHARS, SETUP_FAILED_INDEX, decode_limits, decode_step, encode_report)
@@ -45,6 +46,9 @@ class RunnerSetup:
     private_tmp: bool
     shed_user_namespace: bool  # enter a nested user ns to lose the supervisor's capabilities
     parent_pid: int  # the init process, as the runner's own pid namespace sees it
+    fresh_ipc: bool = False  # an ipc namespace of its own (SysV objects die with the sample)
+    ipc_limits: bool = False  # ... with namespaces.IPC_LIMITS set in it
+    anchor_fds: tuple[int, ...] = ()  # init's process_hygiene.anchor_import_paths(), inherited
 
 
 def become_runner(channels: RunnerChannels, setup: RunnerSetup) -> None:
@@ -68,26 +72,33 @@ def become_runner(channels: RunnerChannels, setup: RunnerSetup) -> None:
 
 
 def _isolate_before_request(channels: RunnerChannels, setup: RunnerSetup) -> None:
+    linux.set_process_name("glm5-runner")
     os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # init's handler must not leak in
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != setup.parent_pid:
         os._exit(70)  # init died between fork and prctl
+    if setup.private_tmp:
+        filesystem.enter_private_scratch(setup.uid, setup.gid, SandboxLimits().scratch_bytes)
+    if setup.fresh_ipc:
+        linux.unshare(linux.CLONE_NEWIPC)
+        if setup.ipc_limits and not namespaces.bound_ipc_namespace():
+            raise OSError("could not bound the sample's ipc namespace")
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(channels.stdout_write, 1)
     os.dup2(channels.stderr_write, 2)
-    anchors: list[int] = []
-    if setup.uid is not None:
-        anchors = process_hygiene.anchor_import_paths()
     process_hygiene.close_fds_except({channels.step_read, channels.report_write,
-                                      channels.call_read, channels.reply_write, *anchors})
+                                      channels.call_read, channels.reply_write,
+                                      *setup.anchor_fds})
     os.chdir(setup.workdir)
     os.umask(0o077)
     process_hygiene.scrub_environment(setup.workdir, setup.private_tmp)
 
 
 def _isolate_for_request(limits: SandboxLimits, setup: RunnerSetup) -> None:
+    if setup.private_tmp:
+        filesystem.resize_scratch(limits.scratch_bytes)
     privileges.set_oom_score_adj(1000)  # under memory pressure the sample dies first
     privileges.apply_rlimits(limits)
     if setup.uid is not None:

@@ -1,9 +1,10 @@
-"""The zygote: a long-lived, trusted helper that keeps one sandbox prepared ahead.
+"""The zygote: a long-lived, trusted helper that keeps a sandbox serving and one spare.
 
 Why: starting a fresh interpreter per sample costs ~20 ms, and building the sandbox
-(namespaces, mounts, three processes) costs more; a warm interpreter that forks, with the
-common stdlib modules already imported, and that prepares the next sandbox while the
-current sample runs, takes all of that off each sample's critical path.
+(namespaces, mounts, four processes) costs more; a warm interpreter that forks, with the
+common stdlib modules already imported, takes the first off each sample's critical path,
+and a sandbox that serves many samples (one fresh runner each, see ``supervisor``) the
+second. The spare is prepared ahead, for when the current sandbox retires.
 
 The zygote never runs untrusted code and never holds a request in its memory: it
 splices the request bytes from the host's pipe straight into the waiting supervisor's
@@ -19,8 +20,11 @@ import importlib
 import json
 import os
 
+from glm5_jax.eval.sandbox_child import linux
+from glm5_jax.eval.sandbox_child.process_hygiene import close_fds_except
 from glm5_jax.eval.sandbox_child.framing import HEADER, encode_frame, read_exact, write_all
 from glm5_jax.eval.sandbox_child.protocol import NONCE_BYTES, ZygoteConfig
+from glm5_jax.eval.sandbox_child.supervisor import READY, SEQUENCE
 
 REQUEST_FD = 0
 RESPONSE_FD = 1
@@ -42,45 +46,58 @@ main(sys.argv[2], sys.argv[3:])
 
 
 @dataclasses.dataclass(frozen=True)
-class Spare:
-    """A supervisor waiting for its request on ``request_write``'s pipe."""
+class Sandbox:
+    """A supervisor waiting for requests on ``request_write``'s pipe; it answers ``READY``
+    on ``ready_read`` after each verdict it will follow with another sample, and closes it
+    when it retires."""
 
     pid: int
     request_write: int
-    sequence: int  # the number of the request it will judge (1, 2, ...)
+    ready_read: int
+    cell: int  # the number of this sandbox (1, 2, ...), for its cgroup name
 
 
 def main(config_json: str, preload: list[str]) -> None:
     config = ZygoteConfig.from_json(config_json)
     _preload(preload)
+    linux.set_process_name("glm5-zygote")
     zygote_pid = os.getpid()
-    spare = _start_spare(config, zygote_pid, sequence=1)
+    current = _start_sandbox(config, zygote_pid, cell=1)
+    spare = _start_sandbox(config, zygote_pid, cell=2)
+    sequence = 0
     while True:
-        if not _pass_request(spare.request_write):
-            os.close(spare.request_write)  # the spare cleans up and exits
-            os.waitpid(spare.pid, 0)
+        sequence += 1
+        if not _pass_request(current.request_write, sequence):
+            for sandbox in (current, spare):  # each cleans up and exits
+                os.close(sandbox.request_write)
+                os.waitpid(sandbox.pid, 0)
             return
-        os.close(spare.request_write)
-        current, spare = spare, _start_spare(config, zygote_pid, spare.sequence + 1)
+        if os.read(current.ready_read, 1) == READY:
+            continue  # it takes the next sample too
+        os.close(current.request_write)
+        os.close(current.ready_read)
         _, wait_status = os.waitpid(current.pid, 0)
-        if wait_status != 0:  # it died before writing a verdict (it never can pass)
-            verdict = {"status": "error", "sequence": current.sequence, "runtime_s": 0.0,
+        if wait_status != 0:  # it died, maybe before writing the verdict (it never can pass)
+            verdict = {"status": "error", "sequence": sequence, "runtime_s": 0.0,
                        "reason": f"sandbox supervisor died (wait status {wait_status})"}
             write_all(RESPONSE_FD, encode_frame(json.dumps(verdict).encode()))
+        current, spare = spare, _start_sandbox(config, zygote_pid, spare.cell + 1)
 
 
-def _start_spare(config: ZygoteConfig, zygote_pid: int, sequence: int) -> Spare:
+def _start_sandbox(config: ZygoteConfig, zygote_pid: int, cell: int) -> Sandbox:
     request_read, request_write = os.pipe()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(request_write)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, REQUEST_FD)  # only the zygote reads the host's requests; fd 0
             os.close(devnull)             # stays taken so no sandbox pipe can land on 0-2
+            # Nothing of the other sandboxes: their request pipes stay the zygote's alone.
+            close_fds_except({request_read, ready_write})
             from glm5_jax.eval.sandbox_child.supervisor import run_supervisor
 
-            run_supervisor(config, request_read, RESPONSE_FD, zygote_pid, sequence)
+            run_supervisor(config, request_read, RESPONSE_FD, ready_write, zygote_pid, cell)
         except BaseException:  # noqa: BLE001 - a harness bug: say where on the host's stderr
             import traceback
 
@@ -88,11 +105,14 @@ def _start_spare(config: ZygoteConfig, zygote_pid: int, sequence: int) -> Spare:
         finally:
             os._exit(70)
     os.close(request_read)
-    return Spare(pid, request_write, sequence)
+    os.close(ready_write)
+    return Sandbox(pid, request_write, ready_read, cell)
 
 
-def _pass_request(destination: int) -> bool:
-    """Move one request (nonce + frame) from the host to a supervisor; False on EOF."""
+def _pass_request(destination: int, sequence: int) -> bool:
+    """Move one request (nonce + frame) from the host to a supervisor, after its sequence
+    number; False on EOF."""
+    write_all(destination, SEQUENCE.pack(sequence))
     if not _splice_exact(REQUEST_FD, destination, NONCE_BYTES):
         return False
     header = read_exact(REQUEST_FD, HEADER.size)  # a length, not a secret
