@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
         "rollout_devices_per_worker": 1,
         "rollout_mesh": "",  # a mesh over one worker's devices; "": tensor over all of them
         "rollout_cpus_per_worker": 0.0,  # what a Ray actor asks for (scheduling only)
+        # Host CPUs (taskset -c syntax, "" = no pinning) of the learner's process and of every
+        # worker's process (and its sandboxes): "0" / "1" gives each its own core.
+        "learner_cpus": "",
+        "rollout_cpus": "",
     })
     # Weights, learner to workers (glm5_jax/rl/weight_sender.py): each learner process streams
     # the shards it holds; no file, no gathered copy.

@@ -8,7 +8,12 @@
 * ``rollout_platform``: ``""`` (the learner's) or a platform name;
 * ``rollout_devices_per_worker``: the devices of one worker, over which it lays
   ``rollout_mesh`` (``""``: ``tensor`` over all of them) and assembles the weights it receives;
-* ``rollout_cpus_per_worker``: what a Ray actor asks Ray for in CPUs (scheduling only).
+* ``rollout_cpus_per_worker``: what a Ray actor asks Ray for in CPUs (scheduling only);
+* ``learner_cpus`` / ``rollout_cpus`` (optional; ``""``: no change): the host CPUs the
+  learner's process / every rollout worker's process (and the sandboxes it starts) may run
+  on, as ``taskset -c`` writes them (``"0"``, ``"1-3"``, ``"0,2"``). Set before JAX starts,
+  so XLA sizes its CPU thread pool to them. With ``learner_cpus="0"``, ``rollout_cpus="1"``
+  generation and training each own one core: what separate devices would give.
 
 A worker is its own JAX process, so it is given its devices before its JAX starts:
 
@@ -55,11 +60,14 @@ class WorkerSlot:
     device_count: int
     env: dict[str, str]
     ray_options: dict[str, Any]
+    cpus: tuple[int, ...] = ()  # host CPUs the worker's process may run on; (): unchanged
 
     def describe(self) -> str:
         shown = {k: v for k, v in self.env.items() if k != "XLA_FLAGS"}
         if self.platform == "cpu":
             shown["simulated_cpu_devices"] = str(self.device_count)
+        if self.cpus:
+            shown["cpus"] = ",".join(map(str, self.cpus))
         return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
 
 
@@ -88,6 +96,8 @@ def validate_placement(config: ml_collections.ConfigDict) -> None:
                              f"{placement.rollout_devices_per_worker}: {error}") from None
     if config.num_workers < 1:
         raise PlacementError(f"num_workers={config.num_workers} must be >= 1")
+    for field in ("learner_cpus", "rollout_cpus"):
+        cpu_list(placement, field)
     rollout = placement.rollout_platform or placement.learner_platform
     if rollout in ACCELERATORS and rollout == placement.learner_platform and \
             placement.learner_devices == 0 and not _workers_elsewhere(config):
@@ -102,13 +112,46 @@ def _workers_elsewhere(config: ml_collections.ConfigDict) -> bool:
     return config.backend == "ray" and bool(config.get("ray_address"))
 
 
+# Host CPUs -------------------------------------------------------------------------------------
+def cpu_list(placement: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
+    """``placement.<field>`` (``"1"``, ``"0-2"``, ``"0,3"``; absent or ``""``: ()) as CPU ids."""
+    text = str(placement.get(field, "") or "").strip()
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise PlacementError(f"placement.{field}={text!r}: write CPU ids as taskset -c does "
+                             "('1', '0-3', '0,2'; '' for no pinning)") from None
+    host = os.cpu_count() or 1
+    if any(cpu < 0 or cpu >= host for cpu in cpus):
+        raise PlacementError(f"placement.{field}={text!r}: this host's CPUs are 0-{host - 1}")
+    return tuple(sorted(cpus))
+
+
+def pin_process(cpus: tuple[int, ...], field: str) -> None:
+    """Every thread of this process (and what it starts later) on ``cpus`` only."""
+    threads = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    try:
+        for thread in threads:
+            os.sched_setaffinity(thread, cpus)
+    except OSError as error:
+        raise PlacementError(f"placement.{field}={','.join(map(str, cpus))}: cannot run there "
+                             f"({error})") from None
+
+
 # The learner -----------------------------------------------------------------------------------
 def restrict_learner_process(config: ml_collections.ConfigDict, process_count: int = 1) -> None:
-    """Before the learner's JAX starts: its platform, and on a host it shares with rollout
-    workers on the same accelerator, only its own accelerators (the first ones)."""
+    """Before the learner's JAX starts: its host CPUs (``learner_cpus``), its platform, and on
+    a host it shares with rollout workers on the same accelerator, only its own accelerators
+    (the first ones)."""
     import jax
 
     placement = config.placement
+    cpus = cpu_list(placement, "learner_cpus")
+    if cpus:
+        pin_process(cpus, "learner_cpus")
     if placement.learner_platform:
         jax.config.update("jax_platforms", placement.learner_platform)
     rollout = placement.rollout_platform or placement.learner_platform
@@ -199,7 +242,7 @@ def worker_slot(config: ml_collections.ConfigDict, worker_id: int, platform: str
             env["CUDA_VISIBLE_DEVICES"] = ",".join(physical_gpu_ids(ordinals))
         else:
             env.update(_tpu_env(ordinals))
-    return WorkerSlot(worker_id, platform, k, env, ray_options)
+    return WorkerSlot(worker_id, platform, k, env, ray_options, cpu_list(placement, "rollout_cpus"))
 
 
 def _without_device_count(flags: str) -> str:
@@ -244,7 +287,9 @@ def local_accelerator_count(platform: str) -> int | None:
 
 
 def apply_worker_slot(slot: WorkerSlot) -> None:
-    """In the worker's process, before its JAX starts: its platform and its devices."""
+    """In the worker's process, before its JAX starts: its host CPUs, platform and devices."""
+    if slot.cpus:
+        pin_process(slot.cpus, "rollout_cpus")
     os.environ.update(slot.env)
     import jax
 
@@ -263,6 +308,8 @@ def process_record(devices, mesh=None, **extra: Any) -> dict[str, Any]:
     """What ``run_info.json`` says about one JAX process of the run: where it runs, its devices."""
     record = {"host": socket.gethostname(), "pid": os.getpid(),
               "devices": [device_record(d) for d in devices], **extra}
+    if hasattr(os, "sched_getaffinity"):
+        record["cpus"] = sorted(os.sched_getaffinity(0))
     if mesh is not None:
         record["mesh"] = {name: int(size) for name, size in mesh.shape.items()}
     return record
