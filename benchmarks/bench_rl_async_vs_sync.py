@@ -61,7 +61,10 @@ def point_dir(base: Path, mode: str, lr: str, seed: int) -> Path:
 
 def _run(command: list[str]) -> None:
     print("$", shlex.join(command), flush=True)
-    subprocess.run(command, cwd=REPO, check=True, env=ENV)
+    if subprocess.run(command, cwd=REPO, env=ENV).returncode != 0:
+        workdir = next(a.split("=", 1)[1] for a in command if a.startswith("--workdir="))
+        sys.exit(f"failed: {shlex.join(command)}\n(its log: {workdir}/points/*/sweep.log or the output above); "
+                 "rerun the same command to continue from there")
 
 
 def run_point(base: Path, mode: str, lr: str, seed: int, steps: int, extra: list[str]) -> None:
