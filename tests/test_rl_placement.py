@@ -14,14 +14,16 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from glm5_jax.rl.loop import learner_mesh, train, validate
-from glm5_jax.rl.placement import (PlacementError, learner_devices, learner_devices_beside_workers,
-                                   worker_slot)
+from glm5_jax.rl.placement import (PlacementError, cpu_list, learner_devices,
+                                   learner_devices_beside_workers, pin_process, worker_slot)
 from test_rl_end_to_end import assert_accounted, small_config
 
 
@@ -42,6 +44,46 @@ def test_invalid_placements_name_the_field(config, field, value, message):
     config.placement[field] = value
     with pytest.raises(PlacementError, match=message):
         validate(config)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("one", r"placement.rollout_cpus='one': write CPU ids as taskset -c does"),
+    ("0-x", r"placement.rollout_cpus='0-x': write CPU ids"),
+    ("4096", r"placement.rollout_cpus='4096': this host's CPUs are 0-"),
+])
+def test_invalid_cpu_lists_name_the_field(config, value, message):
+    config.placement.rollout_cpus = value
+    with pytest.raises(PlacementError, match=message):
+        validate(config)
+
+
+def test_cpu_lists_pin_the_learner_and_each_worker(config):
+    config.placement.learner_cpus, config.placement.rollout_cpus = "0", "0,0-0"
+    validate(config)
+    assert cpu_list(config.placement, "learner_cpus") == (0,)
+    slot = worker_slot(config, 0, "cpu", learner_local_devices=1)
+    assert slot.cpus == (0,) and "cpus=0" in slot.describe()
+    config.placement.rollout_cpus = ""
+    assert worker_slot(config, 0, "cpu", learner_local_devices=1).cpus == ()
+
+
+def test_pinning_restricts_every_thread_of_the_process():
+    def pinned() -> None:
+        pin_process((0,), "learner_cpus")
+        started = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        started.start()
+        started.join()
+        seen.append(os.sched_getaffinity(0))
+
+    seen: list = []
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pinned()
+            os._exit(0 if seen == [{0}, {0}] else 3)
+        except BaseException:  # noqa: BLE001
+            os._exit(2)
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 def test_accelerator_workers_need_the_learner_to_leave_devices(config):
