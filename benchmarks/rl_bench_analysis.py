@@ -137,7 +137,7 @@ def verdict(pairs: dict[int, dict[str, Any]], pinned: dict[str, Any] | None) -> 
                      f"{'at or above' if speed_holds else 'below'} the paper's {PAPER_SPEEDUP}x; roughly learner "
                      f"throughput async/sync {throughput['median']:.2f}x (median; shared-core ceiling "
                      f"{ceilings['median']:.2f}x) times samples-to-target sync/async "
-                     f"{samples['median']:.2f}x (below 1: async needed more samples).")
+                     f"{samples['median']:.2f}x ({'async needed fewer samples' if samples['median'] > 1 else 'async needed as many or more samples'}).")
     if pinned:
         lines.append(f"Separate cores (learner on one, worker on another): ceiling {pinned['ceiling']:.2f}x, "
                      f"achieved {pinned['achieved']:.2f}x learner steps per second: what separate devices "
