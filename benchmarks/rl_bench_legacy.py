@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rl_bench_curves import first_crossing
+from rl_bench_curves import interpolate as value_at
+
 MODES = ("async", "sync")
 
 
@@ -23,26 +26,6 @@ def load(workdir: Path) -> dict[str, list[dict]]:
     by_split = {split: sorted((r for r in evaluations if r["split"] == split), key=lambda r: r["step"])
                 for split in ("train", "held_out")}
     return {"metrics": metrics, **by_split}
-
-
-def first_crossing(xs: list[float], ys: list[float], target: float) -> float | None:
-    """The first x where the piecewise-linear curve through (xs, ys) reaches ``target``."""
-    if ys and ys[0] >= target:
-        return xs[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if y1 >= target:
-            return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
-    return None
-
-
-def value_at(xs: list[float], ys: list[float], x: float) -> float:
-    """The piecewise-linear curve through (xs, ys) at x (clamped to its ends)."""
-    if x <= xs[0]:
-        return ys[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return ys[-1]
 
 
 def analyse(runs: dict[str, dict[str, list[dict]]], target_fraction: float) -> dict:

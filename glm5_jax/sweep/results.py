@@ -25,6 +25,17 @@ from glm5_jax.train.metrics_writer import read_metrics
 LOSS_KEYS = TRAIN_METRICS
 
 
+def row_head(name: str, job: str, overrides: dict, status: dict,
+             records: list[dict]) -> dict[str, Any]:
+    """What every point's row starts with: name, job, overrides, status, steps, error."""
+    row: dict[str, Any] = {"name": name, "job": job, "overrides": overrides,
+                           "status": status.get("status", "pending"),
+                           "steps": records[-1]["step"] if records else 0}
+    if status.get("error"):
+        row["error"] = status["error"]
+    return row
+
+
 def point_row(name: str, overrides: dict, status: dict, workdir: epath.Path,
               job: str = "train") -> dict[str, Any]:
     if job == "rl":
@@ -32,11 +43,7 @@ def point_row(name: str, overrides: dict, status: dict, workdir: epath.Path,
 
         return rl_point_row(name, overrides, status, workdir)
     records = read_metrics(workdir)
-    row: dict[str, Any] = {"name": name, "job": "train", "overrides": overrides,
-                           "status": status.get("status", "pending"),
-                           "steps": records[-1]["step"] if records else 0}
-    if status.get("error"):
-        row["error"] = status["error"]
+    row = row_head(name, "train", overrides, status, records)
     for key in LOSS_KEYS:
         values = [r[key] for r in records if key in r]
         if values:

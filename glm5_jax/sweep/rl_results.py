@@ -42,12 +42,10 @@ def evaluation_curve(workdir: Path, metric: str) -> list[tuple[int, float]]:
 
 
 def rl_point_row(name: str, overrides: dict, status: dict, workdir: Path) -> dict[str, Any]:
+    from glm5_jax.sweep.results import row_head
+
     records = _metrics(workdir)
-    row: dict[str, Any] = {"name": name, "job": "rl", "overrides": overrides,
-                           "status": status.get("status", "pending"),
-                           "steps": records[-1]["step"] if records else 0}
-    if status.get("error"):
-        row["error"] = status["error"]
+    row = row_head(name, "rl", overrides, status, records)
     if records:
         last = records[-1]
         row["wall_time"] = last["wall_time"]
