@@ -20,20 +20,10 @@ from typing import Any
 from etils import epath
 
 from glm5_jax.sweep.jobs import TRAIN_METRICS
+from glm5_jax.sweep.rows import row_head
 from glm5_jax.train.metrics_writer import read_metrics
 
 LOSS_KEYS = TRAIN_METRICS
-
-
-def row_head(name: str, job: str, overrides: dict, status: dict,
-             records: list[dict]) -> dict[str, Any]:
-    """What every point's row starts with: name, job, overrides, status, steps, error."""
-    row: dict[str, Any] = {"name": name, "job": job, "overrides": overrides,
-                           "status": status.get("status", "pending"),
-                           "steps": records[-1]["step"] if records else 0}
-    if status.get("error"):
-        row["error"] = status["error"]
-    return row
 
 
 def point_row(name: str, overrides: dict, status: dict, workdir: epath.Path,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from glm5_jax.rl.evaluation import read_results
+from glm5_jax.sweep.rows import row_head
 
 # metric -> (split of eval.jsonl, field of its records)
 RL_METRIC_SOURCES = {
@@ -42,8 +43,6 @@ def evaluation_curve(workdir: Path, metric: str) -> list[tuple[int, float]]:
 
 
 def rl_point_row(name: str, overrides: dict, status: dict, workdir: Path) -> dict[str, Any]:
-    from glm5_jax.sweep.results import row_head
-
     records = _metrics(workdir)
     row = row_head(name, "rl", overrides, status, records)
     if records:
