@@ -3,9 +3,10 @@
 Forked once per sandbox by the supervisor, before the sample's pid namespace exists (so
 in its mount and network namespaces, but never in its pid namespace, uid or process
 group: no sandboxed process can see or signal it), the judge serves the sandbox's samples
-in turn. It holds the tests and nothing of the sample but handles. It binds the program's exported names (functions as
-``RemoteObject`` handles, data as data), executes each test the supervisor sends with
-its token, and reports the outcome on a pipe no sandboxed process holds. A test that
+in turn. It holds the tests and nothing of the sample but handles. It binds the
+program's exported names (functions as ``RemoteObject`` handles, data as data), executes
+each test the supervisor sends with its token, and reports the outcome on a pipe no
+sandboxed process holds. A test that
 calls the candidate crosses into the runner and gets plain data back; so no object and
 no code of the sample's making is ever on the path that decides a verdict.
 

@@ -92,7 +92,6 @@ class StepWatch:
         self._status_text = b""
         self._runner_status: int | None = None
         self._status_grace_until: float | None = None
-        self._judge_gone = False
         self._selector = selectors.DefaultSelector()
 
     @property
@@ -163,11 +162,11 @@ class StepWatch:
         if not data:
             self._selector.unregister(fd)
             if from_judge:
-                # The judge dies with init when the runner ends (a pid namespace ends with
-                # its pid 1): then the runner's exit is the sample's failure. Only a judge
-                # that ended on its own is the sandbox's error (see _finish_runner_gone).
-                self._judge_gone = True
-            self._await_exit_status()
+                # The judge lives outside the sample's pid namespace and keeps its report
+                # pipe until the sample's steps end: EOF now means it died.
+                self._finish("error", "the judge ended before every test was judged")
+            else:
+                self._await_exit_status()
             return False
         self._frames[fd].feed(data)
         try:
@@ -268,9 +267,6 @@ class StepWatch:
 
     # -- endings ---------------------------------------------------------------------------
     def _finish_runner_gone(self) -> None:
-        if self._judge_gone and self._runner_status is None:
-            self._finish("error", "the judge ended before every test was judged")
-            return
         how = ("closed its report channel" if self._runner_status is None
                else describe_exit(self._runner_status, self.limits))
         done = max(0, len(self.reports) - 1)

@@ -134,7 +134,10 @@ def run_supervisor(config: ZygoteConfig, request_fd: int, response_fd: int, read
         if sample is not None:
             write_all(ready_fd, READY)  # before the verdict: the zygote knows before the host
         else:
-            os.close(ready_fd)  # retiring: the zygote hands the next request to its spare
+            if sandbox is not None:  # retiring: nothing of the sample left before the verdict
+                _tear_down(sandbox)
+                sandbox = None
+            os.close(ready_fd)  # the zygote hands the next request to its spare
         write_all(response_fd, encode_frame(json.dumps(verdict).encode()))
         if sample is None:
             break
@@ -257,12 +260,10 @@ def _judge(sandbox: PreparedSandbox, sample: SampleChannels,
         try:
             clean = sandbox.reusable and _stop_sample(sandbox, sample)
         finally:
-            if not clean:
+            if not clean:  # the caller tears the rest down before it writes the verdict
                 _stop_init(sandbox)
             watch.drain_output()
             sample.close()
-            if not clean:
-                _tear_down(sandbox)
     tags = [*sandbox.namespaces, *sandbox.fs_tags, *watch.extra_isolation, *group_tags,
             "rlimits", "no-new-privs", "judge-process",
             *confinement_tags("private-tmp" in sandbox.fs_tags)]
