@@ -150,10 +150,10 @@ def test_text_documents_are_read_from_a_bucket(gcs, tmp_path):
 
 
 def test_a_sweep_in_a_bucket_records_and_skips_its_points(gcs, monkeypatch):
-    def fake_train(config_path, point_dir, point, shared):  # the point's output, not a run
-        return [sys.executable, "-c", f"print('done: {point_dir}')"]
+    def fake_commands(job, config_path, point_dir, point, shared):  # the point's output, not a run
+        return [[sys.executable, "-c", f"print('done: {point_dir}')"]]
 
-    monkeypatch.setattr(runner, "train_command", fake_train)
+    monkeypatch.setattr(runner, "job_commands", fake_commands)
     directory = as_path("gs://bucket/sweep")
     points = {"lr=1": {"learning_rate": "1"}, "lr=2": {"learning_rate": "2"}}
     statuses = runner.run_sweep(directory, points, "unused.py", [], echo=lambda message: None)

@@ -64,15 +64,9 @@ def record_job(directory: epath.Path, job: Job) -> None:
         path.write_text(json.dumps({"job": job.name}) + "\n")
 
 
-def train_command(config_path: str, point_dir: epath.Path, point: Point, shared: list[str]) -> list[str]:
-    """The ``train`` job's command (one function, so that tests can stand in for it)."""
-    return point_commands(JOBS["train"], config_path, point_dir, point, shared)[0]
-
-
 def job_commands(job: Job, config_path: str, point_dir: epath.Path, point: Point,
                  shared: list[str]) -> list[list[str]]:
-    if job.name == "train":
-        return [train_command(config_path, point_dir, point, shared)]
+    """The point's commands (``jobs.point_commands``), under one name tests can stand in for."""
     return point_commands(job, config_path, point_dir, point, shared)
 
 
