@@ -268,7 +268,7 @@ class FakeLearner:
                 raw = host.reshape(-1).view(np.uint8)
                 encoded = json.dumps(header).encode()
                 connections[0].sendall(len(encoded).to_bytes(4, "big") + encoded + raw[:raw.size // 2].tobytes())
-                connections[0].close()
+                close_after_the_reader(connections[0])
                 return
             send_frame(connections[0], header, host)
         for sock in connections:
@@ -276,6 +276,21 @@ class FakeLearner:
 
     def close(self) -> None:
         self.listener.close()
+
+
+def close_after_the_reader(sock: socket.socket) -> None:
+    """End the stream so that the receiver reads every byte sent before it sees the end.
+
+    A plain ``close`` with unread bytes in this side's buffer (a second "staged" answer, sent
+    when a stream's "begin" comes after the version was already staged) makes the kernel send
+    a reset, and the receiver's kernel then throws away the bytes it had not yet read: the
+    pieces sent before the cut would vanish. So: half-close, read until the receiver hangs up
+    (it does once it meets the cut), then close."""
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(TIMEOUT_S)
+    while sock.recv(65536):
+        pass
+    sock.close()
 
 
 def test_a_stream_cut_mid_piece_keeps_the_old_version(tmp_path):
