@@ -270,3 +270,22 @@ def test_a_prebuilt_corpus_reads_like_the_one_it_was_built_as(tmp_path):
         prebuilt_builder("tfds:mnist", str(tmp_path / "empty"), "text")
     with pytest.raises(UserError, match="TFDS has no dataset"):
         prebuilt_builder("tfds:no_such_dataset_xyz", str(tmp_path / "empty"), "text")
+
+
+def test_loss_only_after_keeps_the_loss_on_the_tokens_after_one_token(corpus):
+    config, prepared, _ = corpus
+    plain = _batches(config, prepared, limit=2)
+    # The most frequent real input token, as text: a marker that surely occurs.
+    inputs = np.concatenate([b["inputs"][b["loss_mask"] > 0] for b in plain])
+    marker_id = int(np.bincount(inputs).argmax())
+    marker = document_tokenizer(prepared.tokenizer).decode([marker_id])
+    assert document_tokenizer(prepared.tokenizer).encode(marker).ids == [marker_id]
+    masked = _batches(dataclasses.replace(config, loss_only_after=marker), prepared, limit=2)
+    for before, after in zip(plain, masked, strict=True):
+        for name in ("inputs", "targets", "segment_ids", "positions"):
+            np.testing.assert_array_equal(before[name], after[name])
+        expected = (before["segment_ids"] > 0) & (before["inputs"] == marker_id)
+        np.testing.assert_array_equal(after["loss_mask"], expected.astype(np.float32))
+    assert sum(b["loss_mask"].sum() for b in masked) > 0
+    with pytest.raises(ValueError, match="not one"):
+        _batches(dataclasses.replace(config, loss_only_after="two words"), prepared, limit=1)

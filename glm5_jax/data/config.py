@@ -43,6 +43,9 @@ class DataConfig:
         experiment, not of the process count: the same value gives the same batches on
         any number of processes. At scale: the number of hosts, or a multiple.
       read_threads: grain threads that read and tokenize documents ahead of packing.
+      loss_only_after: "" (default): the loss covers every real token. Otherwise text that
+        encodes to one token: the loss covers only targets whose input is that token (an
+        answer-only loss for recall tasks, e.g. " ==" before each answer; `loss_mask`).
     """
 
     data_dir: str
@@ -62,3 +65,4 @@ class DataConfig:
     shard_count: int | None = None
     num_streams: int = 1
     read_threads: int = 2
+    loss_only_after: str = ""

@@ -88,17 +88,23 @@ class _JsonRestorablePackingIterator(grain.DatasetIterator):
         self._parent.set_state(state)
 
 
-def training_batch(packed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def training_batch(packed: dict[str, np.ndarray],
+                   loss_only_after: int | None = None) -> dict[str, np.ndarray]:
     """Batched packer output -> the batch the train step reads.
 
     Returns int32 `inputs`, `targets`, `segment_ids`, `positions`, each
-    [batch, seq_len], and float32 `loss_mask` (1 where `targets` is a real next token).
+    [batch, seq_len], and float32 `loss_mask` (1 where `targets` is a real next token;
+    with `loss_only_after`, a token id, only where the input is also that token).
     """
     segment_ids = packed["inputs_segment_ids"].astype(np.int32)
+    inputs = packed["inputs"].astype(np.int32)
+    loss_mask = segment_ids > 0
+    if loss_only_after is not None:
+        loss_mask &= inputs == loss_only_after
     return {
-        "inputs": packed["inputs"].astype(np.int32),
+        "inputs": inputs,
         "targets": packed["targets"].astype(np.int32),
         "segment_ids": segment_ids,
         "positions": packed["inputs_positions"].astype(np.int32),
-        "loss_mask": (segment_ids > 0).astype(np.float32),
+        "loss_mask": loss_mask.astype(np.float32),
     }

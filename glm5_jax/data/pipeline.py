@@ -42,7 +42,7 @@ from glm5_jax.data.packing import (
     pack_documents,
     training_batch,
 )
-from glm5_jax.data.tokenizer import TOKENIZER_FILE_NAME, train_or_load_tokenizer
+from glm5_jax.data.tokenizer import TOKENIZER_FILE_NAME, document_tokenizer, train_or_load_tokenizer
 from glm5_jax.paths import as_path
 
 
@@ -131,7 +131,19 @@ def make_train_dataset(
         host_batch_size,
         batch_fn=functools.partial(grain.experimental.batch_and_pad, batch_size=host_batch_size),
     )
-    return batches.map(training_batch)
+    return batches.map(functools.partial(
+        training_batch, loss_only_after=loss_only_after_id(config, prepared.tokenizer)))
+
+
+def loss_only_after_id(config: DataConfig, tokenizer: Tokenizer) -> int | None:
+    """The token id of `config.loss_only_after` (None when unset); it must be one token."""
+    if not config.loss_only_after:
+        return None
+    encoder = document_tokenizer(tokenizer)
+    ids = encoder.encode(config.loss_only_after, add_special_tokens=False).ids
+    if len(ids) != 1:
+        raise ValueError(f"loss_only_after={config.loss_only_after!r} is {len(ids)} tokens, not one")
+    return ids[0]
 
 
 def make_train_iterator(

@@ -1,14 +1,19 @@
-"""A synthetic long-context retrieval task a tiny model learns on CPU: multi-key recall in
-code-like filler.
+"""A synthetic long-context retrieval task a tiny model learns on CPU: multi-query associative
+recall (Zoology's MQAR) in code-like filler.
 
 A document is lines of small Python-looking statements; ``num_keys`` of them are assignments
-``KEY_xy = 482`` at random depths, and it ends asking for them: ``assert KEY_xy == 482``.
-The filler has no entropy (a fixed cycle of lines from a random start), so once it is learned
-the remaining loss is the keys and values (random) and the answers, and an answer can only
-come from finding its key's line (an induction copy across the whole document). A training document asks for every key,
-in random order (num_keys retrieval targets per document); an evaluation prompt asks for one,
-as the first question of a training document does. Training documents fit the training
-length; evaluation prompts are built to a token length with the keys spread over the prompt.
+``v.q = 7`` at random depths (distinct one-letter keys, one-digit values), and it ends asking
+for them: ``assert v.q == 7``. Keys and values are chosen so the byte-level BPE cannot merge them
+with their neighbours (the pre-tokenizer splits letters, punctuation and digits apart): a key is
+one token, and a value is the same token(s) where it is set and where it is asked, so an answer
+is a copy of the token after ``v.<key> =``. The filler has no entropy (a fixed cycle of lines
+from a random start), so once it is learned the remaining loss is the random keys and values
+and the answers, and an answer can only come from finding its key's line.
+
+A training document asks for every key, in random order: up to ``num_keys`` retrieval targets
+per document (the MQAR recipe: a dense retrieval signal; the experiment puts the loss on the
+answers only). An evaluation prompt is a document with ``num_keys`` keys cut after its first
+question, with more filler: keys at random depths of a prompt of a given token length.
 
 Scoring is teacher-forced exact match: a prompt is correct when the model's argmax at every
 answer token equals the answer, which is what greedy decoding of the answer would produce.
@@ -36,12 +41,14 @@ _FILLER = (
     "    count += item",
     "# update the counters",
 )
+KEYS = string.ascii_lowercase  # one letter between "." and " =": its own pre-token, one token
+VALUES = string.digits  # one digit after " = " / " == ": the same pre-token in both places
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalExample:
-    prompt: str  # ends with "assert KEY_xy == "
-    answer: str  # the value, e.g. "482"
+    prompt: str  # ends with the question, "assert v.q ==" (the answer carries its space)
+    answer: str  # the value with its leading space, e.g. " 7"
     depth: float  # where the queried key sits in the prompt, 0 (start) .. 1 (end)
 
 
@@ -51,39 +58,43 @@ def _filler(rng: random.Random, count: int) -> list[str]:
 
 
 def _keys(rng: random.Random, count: int) -> list[tuple[str, str]]:
-    names: set[str] = set()
-    while len(names) < count:
-        names.add("KEY_" + "".join(rng.choices(string.ascii_lowercase, k=2)))
-    return [(name, str(rng.randrange(100, 1000))) for name in sorted(names)]
+    if count > len(KEYS):
+        raise ValueError(f"num_keys={count} > {len(KEYS)} distinct keys")
+    return [(name, rng.choice(VALUES)) for name in rng.sample(KEYS, count)]
 
 
 def _document(rng: random.Random, filler: list[str], num_keys: int) -> tuple[RetrievalExample, str]:
     """The example (a prompt asking for one key) and the questions for the other keys, in
     random order (a training document appends them)."""
-    keys = _keys(rng, num_keys)
+    keys = _keys(rng, num_keys)  # in the order they are set
     lines = list(filler)
     slots = sorted(rng.randrange(len(lines) + 1) for _ in keys)
-    order = list(range(num_keys))
-    rng.shuffle(order)
-    for offset, (slot, key_index) in enumerate(zip(slots, order, strict=True)):
-        name, value = keys[key_index]
-        lines.insert(slot + offset, f"{name} = {value}")
+    for offset, (slot, (name, value)) in enumerate(zip(slots, keys, strict=True)):
+        lines.insert(slot + offset, f"v.{name} = {value}")
     asked = list(range(num_keys))
     rng.shuffle(asked)
     name, value = keys[asked[0]]
-    position = next(i for i, line in enumerate(lines) if line.startswith(f"{name} = "))
-    prompt = "\n".join(lines) + f"\nassert {name} == "
-    rest = "".join(f"\nassert {keys[i][0]} == {keys[i][1]}" for i in asked[1:])
-    return RetrievalExample(prompt, value, position / max(len(lines) - 1, 1)), rest
+    position = next(i for i, line in enumerate(lines) if line.startswith(f"v.{name} = "))
+    prompt = "\n".join(lines) + f"\nassert v.{name} =="
+    rest = "".join(f"\nassert v.{keys[i][0]} == {keys[i][1]}" for i in asked[1:])
+    return RetrievalExample(prompt, " " + value, position / max(len(lines) - 1, 1)), rest
 
 
 def training_documents(task: ml_collections.ConfigDict) -> list[str]:
-    """``task.num_documents`` complete documents (every key asked for, answered)."""
+    """``task.num_documents`` complete documents (every key asked for, answered), each with
+    ``task.min_keys`` .. ``task.num_keys`` keys and ``task.min_lines`` .. ``task.max_lines``
+    filler lines (uniform): short documents with few keys are an easy retrieval (few positions
+    to attend to, so a strong gradient toward the value) that starts the circuit the long ones
+    with many keys refine; the longest reach the training length. A document with k keys is
+    drawn with weight 1/k, so every key count has the same share of the answers."""
     rng = random.Random(task.seed)
+    counts = range(task.min_keys, task.num_keys + 1)
+    weights = [1 / k for k in counts]
     documents = []
     for _ in range(task.num_documents):
+        num_keys = rng.choices(counts, weights)[0]
         filler = _filler(rng, rng.randint(task.min_lines, task.max_lines))
-        example, rest = _document(rng, filler, task.num_keys)
+        example, rest = _document(rng, filler, num_keys)
         documents.append(example.prompt + example.answer + rest + "\n")
     return documents
 
@@ -102,7 +113,8 @@ def evaluation_prompts(task: ml_collections.ConfigDict, tokenizer, length: int, 
     tokenizer's count reaches it), ``task.num_keys`` keys at random depths."""
     rng = random.Random(f"{seed}-{length}")
     examples = []
-    key_tokens = 8 * task.num_keys + 16  # room for the key lines and the question
+    key_line = len(tokenizer.encode("\nv.q = 7").ids)
+    key_tokens = key_line * task.num_keys + 16  # room for the key lines and the question
     line_tokens = [len(tokenizer.encode(line + "\n").ids) for line in _FILLER]
     for _ in range(count):
         start, lines, tokens = rng.randrange(len(_FILLER)), 0, 0

@@ -116,14 +116,17 @@ def make_loss_fn(model_config: ModelConfig, config: ml_collections.ConfigDict, s
         terms["mtp_loss"] = (mtp_chunked_cross_entropy(
             mtp_hidden, head_kernel, targets, loss_mask, segment_ids,
             None if whole_batch is None else whole_batch["mtp"]) if has_mtp else jnp.zeros(()))
+        # The auxiliary losses cover every real token, also where loss_mask covers only some
+        # (data.loss_only_after); without it the two masks are the same.
+        real = (segment_ids > 0).astype(jnp.float32)
         terms["balance_loss"] = (
-            sequence_balance_loss(_router_outputs(intermediates), batch_size, seq, loss_mask,
+            sequence_balance_loss(_router_outputs(intermediates), batch_size, seq, real,
                                   model_config.n_routed_experts, model_config.max_experts_per_tok)
             if has_moe and config.balance_loss_weight > 0 else jnp.zeros(()))
         cos, sin = rope_angles(model_config, batch["positions"])
         mask = attention_mask(seq, segment_ids, batch_size)
         terms["indexer_kl"], terms["indexer_recall"] = indexer_loss_and_recall(
-            model_config, stage, params, intermediates, cos, sin, mask, loss_mask)
+            model_config, stage, params, intermediates, cos, sin, mask, real)
 
         shares = dict.fromkeys(terms, token_share)
         if whole_batch is not None:
