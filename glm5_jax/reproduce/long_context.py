@@ -1,4 +1,4 @@
-"""Table 2, long context: dense MLA vs DSA on multi-key retrieval, accuracy against prompt length.
+"""Table 2, long context: dense MLA vs DSA on multi-key recall, accuracy against prompt length.
 
 Both rows (``experiments/paper/long_context.py``) train on the same retrieval documents with
 the same seed; then each is scored on the same prompts at every evaluation length
@@ -153,10 +153,12 @@ def build(context: Context) -> Table:
                            "paper": spec.paper[0]["value"], "ours": row.get("retention"),
                            "note": f"accuracy at {short}: {_fmt(row.get(f'acc_{short}'))}"})
     notes = [
-        (f"Task: {spec.task.num_keys} keys (KEY_xy = ddd) at random depths in code-like filler (a fixed cycle of lines), the "
-         "last line asks for one (assert KEY_xy == ); a prompt is correct when the argmax at every answer "
-         f"token is the answer (= greedy decoding of it). {spec.eval_prompts} prompts per length, the same "
-         "for both rows; both rows trained at "
+        (f"Task: multi-query associative recall, {spec.task.num_keys} one-letter keys set to one-digit values "
+         "(v.q = 7) at random depths in code-like filler (a fixed cycle of lines), the last line asks for one "
+         "(assert v.q ==; chance 0.1); a prompt is correct when the argmax at every answer token is the answer "
+         f"(= greedy decoding of it). {spec.eval_prompts} prompts per length, the same for both rows. Training "
+         f"documents have {spec.task.min_keys}..{spec.task.num_keys} keys, every key asked for, the loss on the "
+         "answers only (final train CE is that answer CE); both rows trained at "
          f"{spec.train_length} tokens, so every longer length tests length generalisation."),
         ("prefill s: best of 2 timed calls of the compiled prefill (batch 1, the row's attention: dense "
          "MLA blockwise; DSA: the indexer's top-k gathered, dense while the prompt fits in index_topk); "
