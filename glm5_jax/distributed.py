@@ -108,3 +108,26 @@ def initialize(environ: Mapping[str, str] = os.environ) -> JobShape:
 
 def is_multiprocess() -> bool:
     return jax.process_count() > 1
+
+
+BARRIER_TIMEOUT_SECONDS = 1800  # a compile on a loaded host may take minutes; a dead peer is
+# noticed sooner through the heartbeat (HEARTBEAT_TIMEOUT_SECONDS)
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_SECONDS) -> None:
+    """Wait until every process of the job reaches ``name`` (the coordination service's
+    barrier, not a collective); a no-op in a one-process job.
+
+    Why: CPU collectives (gloo) connect lazily, at a program's first collective, and give up
+    after gloo's own ~30 s connect timeout. A process that finished compiling a step long
+    before its peers (a loaded host) would otherwise wait there and fail the job with
+    "Gloo context initialization failed: Connect timeout"."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:  # started without JAX's distributed runtime (e.g. by a TPU runtime)
+        return
+    client.wait_at_barrier(name, int(timeout_s * 1000))
+

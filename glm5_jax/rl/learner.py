@@ -35,6 +35,7 @@ from flax import struct
 
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import GLM5Model, logical_partition_specs
+from glm5_jax.distributed import barrier
 from glm5_jax.rl.batching import BATCH_KEYS, INTEGER_KEYS
 from glm5_jax.rl.objectives import policy_objective, reference_kl
 from glm5_jax.rl.optimizer import make_rl_optimizer, reset_moments
@@ -216,6 +217,7 @@ class Learner:
         with activate(self.mesh):
             self._step = step.lower(self.state, specs, jax.ShapeDtypeStruct((), jnp.int32)).compile()
         self.compile_seconds = time.perf_counter() - start
+        barrier("glm5-rl-learner-step-compiled")  # no step's collectives while a peer compiles
         self._reset_moments = jax.jit(
             lambda params, opt_state: reset_moments(self.optimizer, opt_state, params),
             out_shardings=self.state_shardings.opt_state, donate_argnums=(1,))

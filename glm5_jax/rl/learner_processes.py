@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from glm5_jax.distributed import barrier
 from glm5_jax.rl.batching import BATCH_KEYS, INTEGER_KEYS
 
 
@@ -43,10 +44,8 @@ def in_turn(compute: Callable[[], Any], what: str) -> Any:
     warm start), so they read what process 0 wrote rather than write the same file at once."""
     if jax.process_count() == 1:
         return compute()
-    from jax.experimental import multihost_utils
-
     result = compute() if is_main_process() else None
-    multihost_utils.sync_global_devices(what)
+    barrier(what)  # not a collective: process 0's share may take longer than gloo waits
     return result if is_main_process() else compute()
 
 

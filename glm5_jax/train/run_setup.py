@@ -23,6 +23,7 @@ from glm5_jax.data.config import DataConfig
 from glm5_jax.data.build import prepare_once
 from glm5_jax.data.pipeline import PreparedCorpus, vocab_size_of
 from glm5_jax.data.streams import stream_rows_iterator
+from glm5_jax.distributed import barrier
 from glm5_jax.model import GLM5Model, logical_partition_specs
 from glm5_jax.sharding import batch_shards, batch_sharding, make_mesh
 from glm5_jax.train.experiment import (
@@ -64,9 +65,17 @@ class Run:
         return self._compiled["init"]()
 
     def step_fn(self, stage: str) -> Callable:
-        """The jitted train step of a stage (compiled on first call; call inside the mesh)."""
+        """The jitted train step of a stage (compiled on first call; call inside the mesh).
+
+        In a multi-process job it is compiled here, ahead of its first call, and every process
+        waits for the others to finish compiling before any runs it: the step's collectives
+        must not start while a peer is still compiling (``distributed.barrier``)."""
         if stage not in self._compiled:
-            self._compiled[stage] = self.layout.jit_step(stage)
+            step = self.layout.jit_step(stage)
+            if jax.process_count() > 1:
+                step = step.lower(self.layout.abstract_state, self.layout.abstract_batch()).compile()
+                barrier(f"glm5-train-step-compiled-{stage}")
+            self._compiled[stage] = step
         return self._compiled[stage]
 
     def make_iterator(self):
