@@ -5,8 +5,13 @@ optimizer and state shardings as ``build_run``, minus the corpus) and its ``jit_
 lowered with abstract arguments and compiled by libtpu for deviceless devices. Memory per
 device comes from the compiled program (arguments + outputs - donated aliases +
 temporaries + code); when the temporaries alone exceed HBM the compiler refuses, and its
-message gives the amount. FLOPs and bytes accessed come from the compiler's cost
-analysis, collective bytes from the compiled HLO (``hlo_collectives``).
+message gives the amount. FLOPs are the matmul FLOPs of the compiled HLO with every loop's
+trip count applied (``reproduce/hlo_flops``): the compiler's own cost analysis counts a
+``while`` body once, so for scanned layers and gradient accumulation it reports a fraction
+of the step (kept in the JSON as ``xla_cost_analysis_flops``). Bytes accessed are the cost
+analysis's, which also count a loop body once, scaled by ``hlo_bytes.loop_factor`` (the
+trip counts applied to an operand + result estimate of each computation's traffic);
+collective bytes come from the compiled HLO (``hlo_collectives``).
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import numpy as np
 
 from glm5_jax.config import get_preset
 from glm5_jax.config_fields import set_fields
+from glm5_jax.plan.hlo_bytes import loop_factor
 from glm5_jax.plan.hlo_collectives import CollectiveStats, collective_stats
 from glm5_jax.plan.roofline import Roofline, roofline
 from glm5_jax.plan.topology import Topology
+from glm5_jax.reproduce.hlo_flops import matmul_flops
 from glm5_jax.sharding import activate
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP, SPARSE
 from glm5_jax.train.flops import training_flops_per_token
@@ -45,8 +52,11 @@ class StagePlan:
     alias_bytes: float
     temp_bytes: float
     code_bytes: float
-    hlo_flops: float | None = None
-    hlo_bytes_accessed: float | None = None
+    hlo_flops: float | None = None  # matmul FLOPs, loop trip counts applied
+    hlo_bytes_accessed: float | None = None  # the compiler's, scaled by the loops' trip counts
+    xla_cost_analysis_flops: float | None = None  # the compiler's: a loop body counted once
+    xla_cost_analysis_bytes: float | None = None  # the compiler's: a loop body counted once
+    unknown_trip_counts: int = 0  # loops the FLOP count could not read a bound of (counted once)
     collectives: CollectiveStats | None = None
     roofline: Roofline | None = None
     compiler_refused: str | None = None  # the compiler's out-of-memory message
@@ -98,6 +108,10 @@ class Plan:
             "stages": {s.stage: {
                 "fits": s.fits, "peak_bytes": s.peak_bytes, "temp_bytes": s.temp_bytes,
                 "argument_bytes": s.argument_bytes, "hlo_flops": s.hlo_flops,
+                "xla_cost_analysis_flops": s.xla_cost_analysis_flops,
+                "unknown_trip_counts": s.unknown_trip_counts,
+                "hlo_bytes_accessed": s.hlo_bytes_accessed,
+                "xla_cost_analysis_bytes": s.xla_cost_analysis_bytes,
                 "collective_bytes": s.collectives.bytes_by_kind if s.collectives else None,
                 "step_seconds": s.roofline.step_s if s.roofline else None,
                 "mfu": s.roofline.mfu if s.roofline else None,
@@ -178,13 +192,17 @@ def compile_stage(layout: RunLayout, stage: str, topology: Topology,
             - memory.alias_size_in_bytes + memory.temp_size_in_bytes
             + memory.generated_code_size_in_bytes)
     cost = compiled.cost_analysis() or {}
-    flops = float(cost.get("flops", 0.0))
-    accessed = float(cost.get("bytes accessed", 0.0))
-    collectives = collective_stats(compiled.as_text())
+    text = compiled.as_text()
+    counted = matmul_flops(text)
+    accessed = float(cost.get("bytes accessed", 0.0)) * loop_factor(text)
+    collectives = collective_stats(text)
     return StagePlan(
         stage, peak <= hbm, float(peak), float(memory.argument_size_in_bytes),
         float(memory.output_size_in_bytes), float(memory.alias_size_in_bytes),
         float(memory.temp_size_in_bytes), float(memory.generated_code_size_in_bytes),
-        flops, accessed, collectives,
-        roofline(topology.chip, flops, accessed, collectives.total_bytes,
-                 model_flops_per_device))
+        counted.flops, accessed, collectives=collectives,
+        roofline=roofline(topology.chip, counted.flops, accessed, collectives.total_bytes,
+                          model_flops_per_device),
+        xla_cost_analysis_flops=float(cost.get("flops", 0.0)),
+        xla_cost_analysis_bytes=float(cost.get("bytes accessed", 0.0)),
+        unknown_trip_counts=counted.unknown_trip_counts)

@@ -1,7 +1,8 @@
 """A step-time estimate from what the compiler reports and what the chip can do.
 
-compute = HLO FLOPs / peak; memory = HLO bytes accessed / HBM bandwidth; collectives =
-bytes of collectives / ICI bandwidth. The estimate is max(compute, memory) + collectives:
+compute = HLO matmul FLOPs (every loop iteration counted, ``reproduce/hlo_flops``) / peak;
+memory = HLO bytes accessed (the compiler's, scaled by the loops' trip counts,
+``hlo_bytes``) / HBM bandwidth; collectives = bytes of collectives / ICI bandwidth. The estimate is max(compute, memory) + collectives:
 collectives are assumed *not* to overlap with compute (pessimistic; XLA's async
 collectives hide part of them), HBM traffic is assumed to overlap with compute. MFU is the
 model's FLOPs (``train.flops``: 3 x forward matmul and attention FLOPs, what MFU

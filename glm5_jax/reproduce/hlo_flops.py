@@ -8,7 +8,8 @@ called from a ``while`` counts ``known_trip_count`` times (the bound XLA itself 
 loop's backend config; else the single integer constant of its condition, ``i < N``). A loop
 whose bound cannot be read is counted once and reported in ``unknown_trip_counts``.
 
-Only dots (and convolutions, as dots over their window) are counted: elementwise work, which
+Only dots and convolutions are counted (the TPU compiler writes every matmul as a
+``convolution``; ``hlo_convolution`` counts it as XLA does): elementwise work, which
 XLA counts as one FLOP per element, is a few percent of a transformer's and is left out, as
 model-FLOPs conventions do. What is counted is what this backend's program does: on CPU the
 MoE runs as padded blocks (``model/blocked_experts.py``) or, with ``ragged_dot``, as every
@@ -22,6 +23,7 @@ import math
 import re
 
 from glm5_jax.plan.hlo_collectives import split_computations
+from glm5_jax.reproduce.hlo_convolution import convolution_flops
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z][a-z0-9\-]*)\((.*)$")
 _TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = \(")
@@ -35,7 +37,6 @@ _CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CONSTANT = re.compile(r"= s(?:32|64)\[\]\S* constant\((\d+)\)")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
-_WINDOW = re.compile(r"window=\{size=([0-9x]+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,15 +61,6 @@ def _dot_flops(output: list[int], lhs: list[int] | None, rest: str) -> float:
     return 2.0 * math.prod(output) * contracted
 
 
-def _convolution_flops(output: list[int], lhs: list[int] | None, rest: str) -> float:
-    window = _WINDOW.search(rest)
-    if lhs is None or window is None:
-        return 0.0
-    kernel = math.prod(int(s) for s in window.group(1).split("x"))
-    input_features = lhs[-1]  # XLA's default layouts put features last; good enough to flag use
-    return 2.0 * math.prod(output) * kernel * input_features
-
-
 def matmul_flops(hlo_text: str) -> MatmulFlops:
     """FLOPs of every dot in ``hlo_text`` (``compiled.as_text()``), loops unrolled by count."""
     computations, entry = split_computations(hlo_text)
@@ -91,8 +83,11 @@ def matmul_flops(hlo_text: str) -> MatmulFlops:
             if opcode in ("dot", "convolution"):
                 operands = _OPERAND.findall(rest.split(")", 1)[0])
                 lhs = shapes.get(operands[0]) if operands else None
-                counter = _dot_flops if opcode == "dot" else _convolution_flops
-                flops += counter(shapes[result] or [], lhs, rest)
+                if opcode == "dot":
+                    flops += _dot_flops(shapes[result] or [], lhs, rest)
+                else:
+                    rhs = shapes.get(operands[1]) if len(operands) > 1 else None
+                    flops += convolution_flops(shapes[result] or [], lhs, rhs, rest)
                 dots += 1
             _collect_calls(line, computations, calls[name])
         own[name] = (flops, dots)
@@ -118,6 +113,8 @@ def matmul_flops(hlo_text: str) -> MatmulFlops:
 
 def _collect_calls(line: str, computations: dict[str, list[str]],
                    into: list[tuple[tuple[str, ...], int | None]]) -> None:
+    if "=%" not in line and "branch_computations=" not in line:
+        return  # calls nothing (the cheap test first: optimized HLO lines are long)
     body = _BODY.search(line)
     for callee in _CALLEE.findall(line):
         if body and callee == body.group(1):
