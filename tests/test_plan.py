@@ -10,11 +10,7 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glm5_jax.plan.hlo_collectives import array_bytes, collective_stats
 from glm5_jax.plan.topology import CHIPS, TopologyError, parse_topology
@@ -52,20 +48,11 @@ def test_array_bytes_of_tuple_shapes():
 def test_collectives_inside_a_scan_count_once_per_iteration():
     """A 6-step scan whose weights are sharded over 8 chips: every step all-gathers one
     [512, 512] bf16 weight forward and backward, and all-reduces its gradient."""
-    devices = parse_topology("v5p-16").devices()
-    mesh = Mesh(np.asarray(devices).reshape(8), ("x",))
-    layers, width = 6, 512
+    from test_tpu_hlo_counts import WIDTH as width
+    from test_tpu_hlo_counts import scanned_grad, v5p16_mesh
 
-    def loss(weights, x):
-        def body(carry, w):
-            y = jax.lax.with_sharding_constraint(carry @ w, NamedSharding(mesh, PartitionSpec("x")))
-            return y, None
-        return jax.lax.scan(body, x, weights)[0].sum()
-
-    step = jax.jit(jax.grad(loss), in_shardings=(
-        NamedSharding(mesh, PartitionSpec(None, None, "x")), NamedSharding(mesh, PartitionSpec("x"))))
-    compiled = step.lower(jax.ShapeDtypeStruct((layers, width, width), jnp.bfloat16),
-                          jax.ShapeDtypeStruct((256, width), jnp.bfloat16)).compile()
+    layers = 6
+    compiled = scanned_grad(layers, v5p16_mesh())
     stats = collective_stats(compiled.as_text())
     weight_bytes = width * width * 2
     assert stats.unknown_trip_counts == 0

@@ -19,7 +19,7 @@ from glm5_jax.reproduce.hlo_flops import matmul_flops
 WIDTH, ROWS = 512, 256
 
 
-def _scanned_grad(layers: int, mesh: Mesh):
+def scanned_grad(layers: int, mesh: Mesh):
     """grad of a scanned stack of [WIDTH, WIDTH] matmuls, weights sharded over 8 chips."""
     def loss(weights, x):
         def body(carry, w):
@@ -33,15 +33,20 @@ def _scanned_grad(layers: int, mesh: Mesh):
                       jax.ShapeDtypeStruct((ROWS, WIDTH), jnp.bfloat16)).compile()
 
 
+def v5p16_mesh() -> Mesh:
+    """Eight deviceless v5p chips in a row (test_plan's collective counts use it too)."""
+    return Mesh(np.asarray(parse_topology("v5p-16").devices()).reshape(8), ("x",))
+
+
 @pytest.fixture(scope="module")
 def mesh() -> Mesh:
-    return Mesh(np.asarray(parse_topology("v5p-16").devices()).reshape(8), ("x",))
+    return v5p16_mesh()
 
 
 def test_tpu_matmul_flops_count_every_scan_iteration(mesh):
     """Per device: 32 rows x [512, 512], forward plus two backward matmuls, per layer."""
     layers = 6
-    compiled = _scanned_grad(layers, mesh)
+    compiled = scanned_grad(layers, mesh)
     counted = matmul_flops(compiled.as_text())
     expected = layers * 3 * 2 * (ROWS // 8) * WIDTH * WIDTH
     assert counted.unknown_trip_counts == 0
@@ -95,7 +100,7 @@ def test_bytes_of_a_scan_grow_linearly_with_its_layers(mesh):
     the bytes per step grow linearly with the layers (a whole-stack read per iteration
     would grow quadratically), by at least the gathered [512, 512] weight each layer reads
     forward and backward; counting the body once misses most of it."""
-    texts = {layers: _scanned_grad(layers, mesh).as_text() for layers in (6, 12, 24)}
+    texts = {layers: scanned_grad(layers, mesh).as_text() for layers in (6, 12, 24)}
     per_step = {layers: bytes_accessed(text).bytes for layers, text in texts.items()}
     once = {layers: bytes_accessed(text, count_trips=False).bytes for layers, text in texts.items()}
     assert bytes_accessed(texts[6]).unknown_trip_counts == 0
