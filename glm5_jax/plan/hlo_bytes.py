@@ -23,7 +23,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from glm5_jax.plan.hlo_collectives import array_bytes, split_computations
+from glm5_jax.plan.hlo_collectives import (
+    array_bytes,
+    loop_trip_count,
+    split_computations,
+)
 
 _NAME = re.compile(r"\s*(?:ROOT )?%(\S+)$")
 _OPCODE = re.compile(r"[\]})] ([a-z][a-z0-9\-]*)\(")  # the shape ends in ], } or )
@@ -33,9 +37,6 @@ _BODY = re.compile(r"\bbody=%([\w.\-]+)")
 _TO_APPLY = re.compile(r"\bto_apply=%([\w.\-]+)")
 _PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-_CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
-_CONSTANT = re.compile(r"= s(?:32|64)\[\]\S* constant\((\d+)\)")
-_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
          "add-dependency", "opt-barrier", "partition-id", "replica-id", "domain"}
 _SLICES = {"dynamic-slice", "slice"}
@@ -136,16 +137,11 @@ def bytes_accessed(hlo_text: str, count_trips: bool = True) -> HloBytes:
         nonlocal unknown
         if not count_trips:
             return 1
-        known = _TRIP_COUNT.search(instruction.attributes)
-        if known:
-            return int(known.group(1))
-        condition = _CONDITION.search(instruction.attributes)
-        bounds = [int(v) for line in (lines.get(condition.group(1), ()) if condition else ())
-                  for v in _CONSTANT.findall(line)]
-        if len(bounds) == 1:
-            return bounds[0]
-        unknown += 1
-        return 1
+        count = loop_trip_count(instruction.attributes, lines)
+        if count is None:
+            unknown += 1
+            return 1
+        return count
 
     def total(name: str) -> float:
         if name in memo:

@@ -133,3 +133,20 @@ def split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
     return computations, entry
+
+
+_KNOWN_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def loop_trip_count(while_line: str, computations: dict[str, list[str]]) -> int | None:
+    """How many times a ``while`` runs its body: the ``known_trip_count`` XLA recorded in the
+    loop's backend config, else the single integer constant of its condition (``i < N``);
+    None when neither can be read."""
+    known = _KNOWN_TRIP_COUNT.search(while_line)
+    if known:
+        return int(known.group(1))
+    condition = _CONDITION.search(while_line)
+    bounds = [int(v) for line in (computations.get(condition.group(1), ()) if condition else ())
+              for v in _CONSTANT.findall(line)]
+    return bounds[0] if len(bounds) == 1 else None
+

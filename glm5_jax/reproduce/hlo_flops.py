@@ -22,7 +22,7 @@ import dataclasses
 import math
 import re
 
-from glm5_jax.plan.hlo_collectives import split_computations
+from glm5_jax.plan.hlo_collectives import loop_trip_count, split_computations
 from glm5_jax.reproduce.hlo_convolution import convolution_flops
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z][a-z0-9\-]*)\((.*)$")
@@ -33,9 +33,6 @@ _CALLEE = re.compile(r"\b(?:body|calls|to_apply)=%([\w.\-]+)")
 _PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
 _BODY = re.compile(r"\bbody=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-_CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
-_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_CONSTANT = re.compile(r"= s(?:32|64)\[\]\S* constant\((\d+)\)")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 
 
@@ -118,7 +115,7 @@ def _collect_calls(line: str, computations: dict[str, list[str]],
     body = _BODY.search(line)
     for callee in _CALLEE.findall(line):
         if body and callee == body.group(1):
-            into.append(((callee,), _trip_count(line, computations)))
+            into.append(((callee,), loop_trip_count(line, computations)))
         else:
             into.append(((callee,), 1))
     branches = _PREDICATED.findall(line)
@@ -128,11 +125,3 @@ def _collect_calls(line: str, computations: dict[str, list[str]],
         into.append((tuple(branches), 1))
 
 
-def _trip_count(line: str, computations: dict[str, list[str]]) -> int | None:
-    known = _TRIP_COUNT.search(line)
-    if known:
-        return int(known.group(1))
-    condition = _CONDITION.search(line)
-    bounds = [int(v) for cond_line in computations.get(condition.group(1), ()) if condition
-              for v in _CONSTANT.findall(cond_line)]
-    return bounds[0] if len(bounds) == 1 else None
