@@ -13,7 +13,7 @@ import pytest
 
 from glm5_jax.errors import UserError
 from glm5_jax.reproduce.experiment_files import table_spec, training_config
-from glm5_jax.reproduce.hlo_flops import matmul_flops
+from glm5_jax.plan.hlo_flops import matmul_flops
 from glm5_jax.reproduce.iso_loss import dense_flops_at_loss, iso_loss_ratio
 from glm5_jax.reproduce.scales import REPO
 from glm5_jax.reproduce.tables import TABLES

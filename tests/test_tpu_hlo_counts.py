@@ -1,7 +1,7 @@
 """FLOPs and bytes of TPU-compiled programs, loop trip counts applied (what the planner's
 roofline uses). libtpu compiles for deviceless chips, so no TPU is needed; every program
 here is small and compiles in about a second. On TPU every matmul is a ``convolution``
-(``reproduce/hlo_convolution``), and XLA's cost analysis counts a loop body once."""
+(``plan/hlo_convolution``), and XLA's cost analysis counts a loop body once."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glm5_jax.plan.hlo_bytes import bytes_accessed, loop_factor
 from glm5_jax.plan.topology import parse_topology
-from glm5_jax.reproduce.hlo_convolution import WindowDim, parse_window, valid_positions
-from glm5_jax.reproduce.hlo_flops import matmul_flops
+from glm5_jax.plan.hlo_convolution import WindowDim, parse_window, valid_positions
+from glm5_jax.plan.hlo_flops import matmul_flops
 
 WIDTH, ROWS = 512, 256
 

@@ -6,7 +6,7 @@ lowered with abstract arguments and compiled by libtpu for deviceless devices. M
 device comes from the compiled program (arguments + outputs - donated aliases +
 temporaries + code); when the temporaries alone exceed HBM the compiler refuses, and its
 message gives the amount. FLOPs are the matmul FLOPs of the compiled HLO with every loop's
-trip count applied (``reproduce/hlo_flops``): the compiler's own cost analysis counts a
+trip count applied (``plan/hlo_flops``): the compiler's own cost analysis counts a
 ``while`` body once, so for scanned layers and gradient accumulation it reports a fraction
 of the step (kept in the JSON as ``xla_cost_analysis_flops``). Bytes accessed are the cost
 analysis's, which also count a loop body once, scaled by ``hlo_bytes.loop_factor`` (the
@@ -30,7 +30,7 @@ from glm5_jax.plan.hlo_bytes import loop_factor
 from glm5_jax.plan.hlo_collectives import CollectiveStats, collective_stats
 from glm5_jax.plan.roofline import Roofline, roofline
 from glm5_jax.plan.topology import Topology
-from glm5_jax.reproduce.hlo_flops import matmul_flops
+from glm5_jax.plan.hlo_flops import matmul_flops
 from glm5_jax.sharding import activate
 from glm5_jax.train.experiment import DENSE, DENSE_WARMUP, SPARSE
 from glm5_jax.train.flops import training_flops_per_token

@@ -1,6 +1,6 @@
 """A step-time estimate from what the compiler reports and what the chip can do.
 
-compute = HLO matmul FLOPs (every loop iteration counted, ``reproduce/hlo_flops``) / peak;
+compute = HLO matmul FLOPs (every loop iteration counted, ``plan/hlo_flops``) / peak;
 memory = HLO bytes accessed (the compiler's, scaled by the loops' trip counts,
 ``hlo_bytes``) / HBM bandwidth; collectives = bytes of collectives / ICI bandwidth. The estimate is max(compute, memory) + collectives:
 collectives are assumed *not* to overlap with compute (pessimistic; XLA's async

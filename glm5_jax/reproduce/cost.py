@@ -156,7 +156,7 @@ def _notes(spec) -> list[str]:
         "corpus read in another order, measure.EVAL_DATA_SEED; not a held-out split). final train CE: "
         "the last logged window's mean."),
         ("Compiled FLOPs: every dot of the compiled CPU program with loop trip counts applied "
-        "(reproduce/hlo_flops.py); XLA's cost_analysis counts a loop body once. The train step includes "
+        "(plan/hlo_flops.py); XLA's cost_analysis counts a loop body once. The train step includes "
         "the indexer's distillation loss (all rows) and the optimizer; the CPU MoE pads each expert's rows "
         "to blocks of 16 (model/blocked_experts.py), and a dynamic-router row is compiled for k_max slots, "
         "so its compiled FLOPs do not shrink with the experts it drops: its measured routed experts/token "

@@ -55,7 +55,7 @@ def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float
         evaluation_prompts,
     )
 
-    examples = evaluation_prompts(spec.task, tokenizer, length, spec.eval_prompts, spec.eval_seed)
+    examples = evaluation_prompts(spec.eval_keys, tokenizer, length, spec.eval_prompts, spec.eval_seed)
     encoded = [answer_positions(tokenizer, e) for e in examples]
     width = -(-max(len(ids) for ids, _ in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
     model = GLM5Model(attention_at(model_config, spec, width))
@@ -99,6 +99,7 @@ def measure_row(context: Context, name: str) -> dict[str, Any]:
     directory = point_dir(context, name)
     cached = directory / MEASUREMENTS  # written after every length: an interrupted row resumes
     settings = {"eval_prompts": context.spec.eval_prompts, "eval_seed": context.spec.eval_seed,
+                "eval_keys": context.spec.eval_keys,
                 "task": context.spec.task.to_dict()}
     values: dict[str, Any] = json.loads(cached.read_text()) if cached.exists() else {}
     if values.get("settings") != settings:
@@ -153,7 +154,7 @@ def build(context: Context) -> Table:
                            "paper": spec.paper[0]["value"], "ours": row.get("retention"),
                            "note": f"accuracy at {short}: {_fmt(row.get(f'acc_{short}'))}"})
     notes = [
-        (f"Task: multi-query associative recall, {spec.task.num_keys} one-letter keys set to one-digit values "
+        (f"Task: multi-query associative recall, {spec.eval_keys} one-letter keys set to one-digit values "
          "(v.q = 7) at random depths in code-like filler (a fixed cycle of lines), the last line asks for one "
          "(assert v.q ==; chance 0.1); a prompt is correct when the argmax at every answer token is the answer "
          f"(= greedy decoding of it). {spec.eval_prompts} prompts per length, the same for both rows. Training "

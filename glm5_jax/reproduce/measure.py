@@ -1,7 +1,7 @@
 """Measurements of a trained row: FLOPs of its compiled programs, losses on fixed batches,
 routed experts per token, decode throughput.
 
-FLOPs come from the compiled programs themselves (``hlo_flops``: every dot, loop trip counts
+FLOPs come from the compiled programs themselves (``plan/hlo_flops``: every dot, loop trip counts
 applied): the train step of each attention stage the schedule runs (the step's forward,
 backward, indexer distillation and optimizer), the prefill of a full-length prompt and one
 decode step at full context. ``train/flops.py``'s formula (active matmul parameters,
@@ -25,7 +25,7 @@ import numpy as np
 from glm5_jax.config import ModelConfig
 from glm5_jax.model import GLM5Model
 from glm5_jax.model.param_count import count_parameters
-from glm5_jax.reproduce.hlo_flops import MatmulFlops, matmul_flops
+from glm5_jax.plan.hlo_flops import MatmulFlops, matmul_flops
 from glm5_jax.train.experiment import STAGES, stage_at
 
 # Data seed of the fixed evaluation batches: not the training stream's order (the same corpus,
@@ -48,14 +48,18 @@ def stage_steps(config: ml_collections.ConfigDict) -> dict[str, int]:
 def train_flops_per_token(run) -> dict[str, float]:
     """Compiled train-step FLOPs per token, per stage and averaged over the schedule's steps
     (``run``: ``train.run_setup.build_run`` of the row's config)."""
+    from glm5_jax.sharding import activate
+
     layout, config = run.layout, run.config
     tokens = config.batch_size * config.seq_len
     steps = stage_steps(config)
     per_stage = {}
     for stage in steps:
-        jitted = layout.jit_step(stage)
-        counted = matmul_flops(jitted.lower(layout.abstract_state, layout.abstract_batch()).compile().as_text())
-        per_stage[stage] = counted.flops * layout.mesh.size / tokens
+        # Lowered as training lowers it (inside the mesh, where the model's logical sharding
+        # constraints apply): the same program, so the persistent cache already holds it.
+        with activate(layout.mesh):
+            compiled = layout.jit_step(stage).lower(layout.abstract_state, layout.abstract_batch()).compile()
+        per_stage[stage] = matmul_flops(compiled.as_text()).flops * layout.mesh.size / tokens
     average = sum(per_stage[s] * n for s, n in steps.items()) / sum(steps.values())
     return {"average": average, **{f"stage_{s}": v for s, v in per_stage.items()}}
 

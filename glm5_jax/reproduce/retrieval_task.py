@@ -12,8 +12,8 @@ and the answers, and an answer can only come from finding its key's line.
 
 A training document asks for every key, in random order: up to ``num_keys`` retrieval targets
 per document (the MQAR recipe: a dense retrieval signal; the experiment puts the loss on the
-answers only). An evaluation prompt is a document with ``num_keys`` keys cut after its first
-question, with more filler: keys at random depths of a prompt of a given token length.
+answers only). An evaluation prompt is a document with a given number of keys cut after its
+first question, with more filler: keys at random depths of a prompt of a given token length.
 
 Scoring is teacher-forced exact match: a prompt is correct when the model's argmax at every
 answer token equals the answer, which is what greedy decoding of the answer would produce.
@@ -107,14 +107,14 @@ def write_retrieval_corpus(directory: Path, task: ml_collections.ConfigDict) -> 
             out.write(json.dumps({"text": text}) + "\n")
 
 
-def evaluation_prompts(task: ml_collections.ConfigDict, tokenizer, length: int, count: int,
+def evaluation_prompts(num_keys: int, tokenizer, length: int, count: int,
                        seed: int) -> list[RetrievalExample]:
     """``count`` prompts of about ``length`` tokens (filler added line by line until the
-    tokenizer's count reaches it), ``task.num_keys`` keys at random depths."""
+    tokenizer's count reaches it), ``num_keys`` keys at random depths."""
     rng = random.Random(f"{seed}-{length}")
     examples = []
     key_line = len(tokenizer.encode("\nv.q = 7").ids)
-    key_tokens = key_line * task.num_keys + 16  # room for the key lines and the question
+    key_tokens = key_line * num_keys + 16  # room for the key lines and the question
     line_tokens = [len(tokenizer.encode(line + "\n").ids) for line in _FILLER]
     for _ in range(count):
         start, lines, tokens = rng.randrange(len(_FILLER)), 0, 0
@@ -122,7 +122,7 @@ def evaluation_prompts(task: ml_collections.ConfigDict, tokenizer, length: int, 
             tokens += line_tokens[(start + lines) % len(_FILLER)]
             lines += 1
         filler = [_FILLER[(start + i) % len(_FILLER)] for i in range(lines)]
-        examples.append(_document(rng, filler, task.num_keys)[0])
+        examples.append(_document(rng, filler, num_keys)[0])
     return examples
 
 

@@ -23,7 +23,7 @@ import math
 import re
 
 from glm5_jax.plan.hlo_collectives import loop_trip_count, split_computations
-from glm5_jax.reproduce.hlo_convolution import convolution_flops
+from glm5_jax.plan.hlo_convolution import convolution_flops
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z][a-z0-9\-]*)\((.*)$")
 _TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = \(")
