@@ -13,7 +13,7 @@ import pytest
 
 from glm5_jax.errors import UserError
 from glm5_jax.reproduce.experiment_files import table_spec, training_config
-from glm5_jax.plan.hlo_flops import matmul_flops
+from glm5_jax.plan.hlo_flops import matmul_flops, part_of
 from glm5_jax.reproduce.iso_loss import dense_flops_at_loss, iso_loss_ratio
 from glm5_jax.reproduce.scales import REPO
 from glm5_jax.reproduce.tables import TABLES
@@ -53,6 +53,49 @@ def test_a_conditional_counts_its_costliest_branch():
 
     a = jnp.ones((8, 8))
     assert matmul_flops(_compiled_text(branchy, a, a)).flops == 2 * 2 * 8 * 8 * 8
+
+
+def test_flops_by_part_follow_the_name_stack_through_loops_and_the_backward():
+    """Two named matmuls in a 3-step scan, differentiated: each part's forward, backward (the
+    transpose: two dots per matmul, for both operands' gradients) and remat recompute count
+    separately, trip counts applied, and the parts add up to the total."""
+    def layer(h, w):
+        with jax.named_scope("self_attn/q_a_proj"):
+            h = jnp.tanh(h @ w[0])
+        with jax.named_scope("mlp/experts"):
+            return jnp.tanh(h @ w[1]), None
+
+    def loss(x, w):
+        return jax.lax.scan(jax.checkpoint(layer), x, w)[0].sum()
+
+    x, w = jnp.ones((16, 32)), jnp.ones((3, 2, 32, 32))
+    counted = matmul_flops(_compiled_text(jax.grad(loss, argnums=(0, 1)), x, w))
+    one = 2 * 16 * 32 * 32 * 3  # one matmul of each kind over the three steps
+    assert sum(counted.by_part.values()) == counted.flops
+    for part in ("attention projections", "routed experts"):
+        assert counted.by_part[f"{part}, backward"] == 2 * one
+        assert counted.by_part[f"{part}, recompute"] == one
+
+
+@pytest.mark.parametrize("op_name, part", [
+    ("jit(train_step)/jvp(GLM5Model)/moe_layers/while/body/closed_call/block/layer_0/mlp/experts/dot_general",
+     "routed experts, forward"),
+    ("jit(train_step)/transpose(jvp(GLM5Model))/dense_layers/while/body/closed_call/block/layer_0/mlp/gate_proj/dot_general",
+     "dense MLP, backward"),
+    ("jit(train_step)/transpose(jvp(GLM5Model))/moe_layers/while/body/closed_call/block/layer_0/mlp/gate/dot_general",
+     "router, backward"),
+    ("jit(train_step)/jvp(GLM5Model)/dense_layers/while/body/closed_call/block/layer_0/self_attn/indexer.topk/"
+     "indexer.queries_keys_weights/weights_proj/dot_general", "indexer, forward"),
+    ("jit(train_step)/transpose(jvp())/while/body/closed_call/checkpoint/rematted_computation/indexer_loss/"
+     "bshd,btd->bsht/dot_general", "indexer distillation loss, recompute"),
+    ("jit(train_step)/transpose(jvp())/while/body/closed_call/checkpoint/lm_head/dot_general",
+     "embedding and head, backward"),
+    ("jit(train_step)/jvp(GLM5Model)/dense_layers/while/body/closed_call/block/layer_0/self_attn/"
+     "bhst,bthd->bshd/dot_general", "attention scores and values, forward"),
+    ("jit(train_step)/adam/dot_general", "other, forward"),
+])
+def test_each_dot_is_named_by_its_model_part_and_pass(op_name, part):
+    assert part_of(op_name) == part
 
 
 def test_dense_compute_is_interpolated_in_log_flops_between_sizes():

@@ -36,11 +36,44 @@ _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 
 
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+# Where a dot's FLOPs go, read from its op_name (the JAX name stack: jit/jvp/transpose, then
+# the Flax module path): the first pattern that matches names the part.
+PARTS = (
+    ("indexer distillation loss", re.compile(r"indexer_loss")),
+    ("indexer", re.compile(r"indexer")),
+    ("routed experts", re.compile(r"mlp/experts|/experts/")),
+    ("shared expert", re.compile(r"shared_experts")),
+    ("router", re.compile(r"mlp/gate/|/router/")),
+    ("attention projections", re.compile(r"(self_attn|MLAttention).*_proj/")),
+    ("attention scores and values", re.compile(r"self_attn|MLAttention|attention")),
+    ("dense MLP", re.compile(r"/mlp/")),
+    ("MTP", re.compile(r"mtp", re.IGNORECASE)),
+    ("embedding and head", re.compile(r"lm_head|embed")),
+)
+
+
+def part_of(op_name: str) -> str:
+    """'<part>, <pass>': the model part (PARTS; 'other' when none matches: loss chunks,
+    optimizer) and the pass (recompute under remat's ``rematted_computation``, backward under
+    ``transpose``, else forward)."""
+    part = next((name for name, pattern in PARTS if pattern.search(op_name)), "other")
+    if "rematted_computation" in op_name:
+        stage = "recompute"
+    elif "transpose(" in op_name:
+        stage = "backward"
+    else:
+        stage = "forward"
+    return f"{part}, {stage}"
+
+
 @dataclasses.dataclass(frozen=True)
 class MatmulFlops:
     flops: float  # per execution of the program
     dots: int  # dot instructions executed (trip counts applied)
     unknown_trip_counts: int  # loops counted once because their bound could not be read
+    by_part: dict[str, float] = dataclasses.field(default_factory=dict)  # part_of -> FLOPs
 
 
 def _dims(shape: str) -> list[int] | None:
@@ -59,16 +92,18 @@ def _dot_flops(output: list[int], lhs: list[int] | None, rest: str) -> float:
 
 
 def matmul_flops(hlo_text: str) -> MatmulFlops:
-    """FLOPs of every dot in ``hlo_text`` (``compiled.as_text()``), loops unrolled by count."""
+    """FLOPs of every dot in ``hlo_text`` (``compiled.as_text()``), loops unrolled by count,
+    in all and by model part (``part_of``)."""
     computations, entry = split_computations(hlo_text)
-    own: dict[str, tuple[float, int]] = {}
+    own: dict[str, tuple[dict[str, float], int]] = {}
     # Per computation: (callees, times). One callee, or a conditional's branches (the costliest
     # counts: the work when the step runs); times None: a loop whose bound is unknown.
     calls: dict[str, list[tuple[tuple[str, ...], int | None]]] = {}
     unknown = 0
     for name, lines in computations.items():
         shapes: dict[str, list[int] | None] = {}
-        flops, dots, calls[name] = 0.0, 0, []
+        parts: dict[str, float] = {}
+        dots, calls[name] = 0, []
         for line in lines:
             match = _INSTRUCTION.match(line)
             if not match:
@@ -81,31 +116,39 @@ def matmul_flops(hlo_text: str) -> MatmulFlops:
                 operands = _OPERAND.findall(rest.split(")", 1)[0])
                 lhs = shapes.get(operands[0]) if operands else None
                 if opcode == "dot":
-                    flops += _dot_flops(shapes[result] or [], lhs, rest)
+                    flops = _dot_flops(shapes[result] or [], lhs, rest)
                 else:
                     rhs = shapes.get(operands[1]) if len(operands) > 1 else None
-                    flops += convolution_flops(shapes[result] or [], lhs, rhs, rest)
+                    flops = convolution_flops(shapes[result] or [], lhs, rhs, rest)
+                op_name = _OP_NAME.search(rest)
+                part = part_of(op_name.group(1) if op_name else "")
+                parts[part] = parts.get(part, 0.0) + flops
                 dots += 1
             _collect_calls(line, computations, calls[name])
-        own[name] = (flops, dots)
-    memo: dict[str, tuple[float, int]] = {}
+        own[name] = (parts, dots)
+    memo: dict[str, tuple[dict[str, float], int]] = {}
 
-    def total(name: str) -> tuple[float, int]:
+    def total(name: str) -> tuple[dict[str, float], int]:
         nonlocal unknown
         if name not in memo:
-            memo[name] = (0.0, 0)  # a cycle would count once
-            flops, dots = own.get(name, (0.0, 0))
+            memo[name] = ({}, 0)  # a cycle would count once
+            own_parts, dots = own.get(name, ({}, 0))
+            parts = dict(own_parts)
             for callees, times in calls.get(name, ()):
                 if times is None:
                     unknown += 1
                     times = 1
-                sub_flops, sub_dots = max(total(callee) for callee in callees)
-                flops, dots = flops + times * sub_flops, dots + times * sub_dots
-            memo[name] = (flops, dots)
+                sub_parts, sub_dots = max((total(callee) for callee in callees),
+                                          key=lambda counted: sum(counted[0].values()))
+                for part, flops in sub_parts.items():
+                    parts[part] = parts.get(part, 0.0) + times * flops
+                dots += times * sub_dots
+            memo[name] = (parts, dots)
         return memo[name]
 
-    flops, dots = total(entry)
-    return MatmulFlops(flops, dots, unknown)
+    parts, dots = total(entry)
+    return MatmulFlops(sum(parts.values()), dots, unknown,
+                       dict(sorted(parts.items(), key=lambda item: -item[1])))
 
 
 def _collect_calls(line: str, computations: dict[str, list[str]],

@@ -57,6 +57,7 @@ class StagePlan:
     xla_cost_analysis_flops: float | None = None  # the compiler's: a loop body counted once
     xla_cost_analysis_bytes: float | None = None  # the compiler's: a loop body counted once
     unknown_trip_counts: int = 0  # loops the FLOP count could not read a bound of (counted once)
+    hlo_flops_by_part: dict[str, float] | None = None  # hlo_flops.part_of -> matmul FLOPs
     collectives: CollectiveStats | None = None
     roofline: Roofline | None = None
     compiler_refused: str | None = None  # the compiler's out-of-memory message
@@ -110,6 +111,7 @@ class Plan:
                 "argument_bytes": s.argument_bytes, "hlo_flops": s.hlo_flops,
                 "xla_cost_analysis_flops": s.xla_cost_analysis_flops,
                 "unknown_trip_counts": s.unknown_trip_counts,
+                "hlo_flops_by_part": s.hlo_flops_by_part,
                 "hlo_bytes_accessed": s.hlo_bytes_accessed,
                 "xla_cost_analysis_bytes": s.xla_cost_analysis_bytes,
                 "collective_bytes": s.collectives.bytes_by_kind if s.collectives else None,
@@ -205,4 +207,4 @@ def compile_stage(layout: RunLayout, stage: str, topology: Topology,
                           model_flops_per_device),
         xla_cost_analysis_flops=float(cost.get("flops", 0.0)),
         xla_cost_analysis_bytes=float(cost.get("bytes accessed", 0.0)),
-        unknown_trip_counts=counted.unknown_trip_counts)
+        unknown_trip_counts=counted.unknown_trip_counts, hlo_flops_by_part=counted.by_part)

@@ -40,7 +40,26 @@ def render_table(plan: Plan) -> str:
         ]) + " |")
         if s.compiler_refused:
             lines.append(f"  compiler: {s.compiler_refused}")
+    lines += flops_by_part_lines(plan)
     return "\n".join(lines)
+
+
+def flops_by_part_lines(plan: Plan, top: int = 12) -> list[str]:
+    """Where the slowest stage's HLO matmul FLOPs go (model part, pass), as a share of them and
+    as a multiple of the model's FLOPs (train.flops: 3 x forward over the active parameters)."""
+    timed = [s for s in plan.stages if s.roofline is not None and s.hlo_flops_by_part]
+    if not timed:
+        return []
+    stage = max(timed, key=lambda s: s.roofline.step_s)
+    lines = ["", f"HLO matmul FLOPs of stage {stage.stage} by part (per device; model FLOPs "
+             f"{plan.model_flops:.3e}):", "", "| part, pass | FLOPs | share | x model |",
+             "|---|---|---|---|"]
+    parts = list(stage.hlo_flops_by_part.items())
+    shown = parts[:top] + ([("rest", sum(v for _, v in parts[top:]))] if len(parts) > top else [])
+    for part, flops in shown:
+        lines.append(f"| {part} | {flops:.3e} | {100 * flops / stage.hlo_flops:.1f}% | "
+                     f"{flops / plan.model_flops:.2f} |")
+    return lines
 
 
 def does_not_fit_sentence(plan: Plan) -> str:

@@ -212,7 +212,8 @@ def indexer_loss_and_recall(config: ModelConfig, stage: str, params: Any, interm
     @jax.checkpoint
     def one_layer(args):
         attn_params, x = args
-        return layer_indexer_terms(config, stage, attn_params, x, cos, sin, mask, weight)
+        with jax.named_scope("indexer_loss"):  # its ops' names say what they are (plan/hlo_flops)
+            return layer_indexer_terms(config, stage, attn_params, x, cos, sin, mask, weight)
 
     kls, recalls, recall_weights = jax.lax.map(one_layer, (stacked_params, stacked_inputs))
     layers = stacked_inputs.shape[0]

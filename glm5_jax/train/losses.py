@@ -49,7 +49,8 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Arr
     @jax.checkpoint
     def group_loss(args):
         h, t, w = args
-        logits = (h.astype(kernel.dtype) @ kernel).astype(jnp.float32)
+        with jax.named_scope("lm_head"):  # the head's matmul, named for plan/hlo_flops
+            logits = (h.astype(kernel.dtype) @ kernel).astype(jnp.float32)
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, t) * w)
 
     per_group = jax.lax.map(group_loss, (split(hidden), split(targets),
