@@ -60,28 +60,29 @@ def test_sweep_runs_records_failures_and_reruns_as_a_no_op(tmp_path):
     experiment = tmp_path / "experiment.py"
     experiment.write_text(EXPERIMENT.format(corpus=str(corpus), data_dir=str(tmp_path / "data")))
     sweep_dir = tmp_path / "sweep"
-    # warmup_steps=99 > total_steps: that point's config is invalid and must fail alone.
-    args = [f"--config={experiment}", f"--workdir={sweep_dir}", "--axis=warmup_steps=1,2,99",
+    # log_every=0 is an invalid config and must fail alone; the other two points differ only
+    # in logging, so they run one compiled train step (the second finds it in the cache).
+    args = [f"--config={experiment}", f"--workdir={sweep_dir}", "--axis=log_every=1,2,0",
             f"--config.total_steps={TEST_TOTAL_STEPS // 4}", "--config.checkpoint_every=1"]
     first = _sweep(args)
     assert first.returncode == 1, first.stdout + first.stderr
-    rows = {r["overrides"]["warmup_steps"]: r for r in
+    rows = {r["overrides"]["log_every"]: r for r in
             map(json.loads, (sweep_dir / "results.jsonl").read_text().splitlines())}
     assert rows["1"]["status"] == rows["2"]["status"] == "done"
     assert rows["1"]["steps"] == rows["2"]["steps"] == TEST_TOTAL_STEPS // 4
     assert rows["1"]["final_loss"] > 0 and rows["1"]["tokens_per_second"] > 0
-    assert rows["99"]["status"] == "failed" and "warmup_steps=99" in rows["99"]["error"]
+    assert rows["0"]["status"] == "failed" and "log_every" in rows["0"]["error"]
     table = (sweep_dir / "results.md").read_text()
-    assert "| warmup_steps |" in table and "failed" in table
+    assert "| log_every |" in table and "failed" in table
     assert (sweep_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    metrics = {n: (sweep_dir / "points" / f"warmup_steps={n}" / "metrics.jsonl").read_text()
+    metrics = {n: (sweep_dir / "points" / f"log_every={n}" / "metrics.jsonl").read_text()
                for n in ("1", "2")}
     again = _sweep(args)
     assert again.returncode == 1
     assert again.stdout.count("done before: skipped") == 2
     for n, text in metrics.items():  # finished points were not run again
-        assert (sweep_dir / "points" / f"warmup_steps={n}" / "metrics.jsonl").read_text() == text
+        assert (sweep_dir / "points" / f"log_every={n}" / "metrics.jsonl").read_text() == text
 
 
 def test_unknown_override_in_an_axis_exits_2_naming_it(tmp_path):
