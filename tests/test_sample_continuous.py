@@ -15,6 +15,7 @@ import glm5_jax
 from glm5_jax.config import tiny
 from glm5_jax.sample.continuous import ContinuousBatcher, Request
 from glm5_jax.sample.engine import run_batch
+from glm5_jax.sharding import make_mesh
 
 CONFIG = tiny().replace(index_topk=8, initializer_range=0.1, eos_token_id=None)
 PROMPT_LENGTHS = (5, 20, 3, 12, 9, 30)
@@ -59,6 +60,28 @@ def test_continuous_batching_draws_what_batch_generation_draws(setup, temperatur
     if temperature:  # the seed matters: another seed draws other tokens
         other = batcher(variables, temperature).run(requests(prompts, seed=SEED + 1))
         assert [c.token_ids for c in other] != [c.token_ids for c in completions]
+
+
+def test_slots_sharded_over_a_mesh_draw_what_one_device_draws(setup):
+    """4 slots over data=2 (two per device) with the heads over tensor=2: the same tokens as
+    the one-device batcher, log-probs to float32 reduction order, and the slot state stays
+    split over the data axis from call to call."""
+    variables, prompts = setup
+    mesh = make_mesh("data=2,tensor=2", jax.devices()[:4])
+    single = ContinuousBatcher(CONFIG, 4, CAPACITY, 1.0, steps_per_call=2)
+    single.set_weights(variables, 0)
+    sharded = ContinuousBatcher(CONFIG, 4, CAPACITY, 1.0, steps_per_call=2, mesh=mesh)
+    sharded.set_weights(variables, 0)
+    expected = single.run(requests(prompts))
+    got = sharded.run(requests(prompts))
+    for a, b in zip(got, expected):
+        assert a.token_ids == b.token_ids
+        assert relative_error(a.logprobs, b.logprobs) <= LOGPROB_RTOL
+    for leaf in jax.tree.leaves(sharded.state.decode.cache) + [sharded.state.decode.tokens]:
+        assert leaf.sharding.mesh == mesh and len(leaf.sharding.device_set) == 4
+        assert leaf.addressable_shards[0].data.size * 2 == leaf.size, leaf.sharding  # half the slots each
+    with pytest.raises(ValueError, match="slots=3 must split evenly"):
+        ContinuousBatcher(CONFIG, 3, CAPACITY, mesh=mesh)
 
 
 def test_eos_frees_the_slot_early_and_keeps_the_rest_identical(setup):

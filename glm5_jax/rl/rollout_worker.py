@@ -75,11 +75,12 @@ class RolloutWorker:
         self.make_env = lambda task_index: make_env(self.tasks[task_index])
         model_config = policy_model_config(config, self.tokenizer.vocab_size, self.tokenizer.bos_id,
                                            self.tokenizer.eos_id, self.tokenizer.pad_id)
-        self.sampler = make_sampler(config, model_config)  # config.sampler.kind: batch | continuous
+        # This worker's devices, its mesh (the sampler decodes on it), and the weights assembled
+        # under that mesh's sharding.
+        self.mesh = make_mesh(config.placement.rollout_mesh or "tensor=-1", jax.devices())
+        self.sampler = make_sampler(config, model_config, self.mesh)  # config.sampler.kind: batch | continuous
         self.sandbox = SandboxPool(workers=config.sandbox_workers,
                                    limits=SandboxLimits(timeout_s=config.sandbox_timeout_s))
-        # This worker's devices, its mesh, and the weights assembled under that mesh's sharding.
-        self.mesh = make_mesh(config.placement.rollout_mesh or "tensor=-1", jax.devices())
         weight_sync = config.weight_sync
         self.policy = WeightReceiver(
             json.loads(launch)["weight_addresses"],

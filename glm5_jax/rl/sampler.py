@@ -36,8 +36,9 @@ def _check_temperature(temperature: float) -> None:
 
 class PolicySampler:
     def __init__(self, model_config: ModelConfig, batch_rows: int, max_new_tokens: int,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, mesh=None) -> None:
         _check_temperature(temperature)
+        self.mesh = mesh  # the worker's devices: rows over its batch axes, weights by the rules
         self.model_config = model_config
         self.batch_rows = batch_rows
         self.max_new_tokens = max_new_tokens
@@ -53,7 +54,8 @@ class PolicySampler:
             real = len(chunk)
             chunk += [chunk[-1]] * (self.batch_rows - real)
             generations = generate(self.model_config, variables, chunk, self.max_new_tokens,
-                                   temperature=self.temperature, seed=seed, first_request=start)
+                                   temperature=self.temperature, seed=seed, first_request=start,
+                                   mesh=self.mesh)
             out += [(list(g.token_ids), list(g.logprobs)) for g in generations[:real]]
         return out
 
@@ -62,13 +64,15 @@ class ContinuousPolicySampler:
     """``slots`` concurrent requests of up to ``max_context`` prompt tokens each."""
 
     def __init__(self, model_config: ModelConfig, slots: int, max_new_tokens: int, max_context: int,
-                 temperature: float = 1.0, steps_per_call: int = 4, recompute_on_update: bool = True) -> None:
+                 temperature: float = 1.0, steps_per_call: int = 4, recompute_on_update: bool = True,
+                 mesh=None) -> None:
         from glm5_jax.sample.continuous import ContinuousBatcher
 
         _check_temperature(temperature)
         self.max_new_tokens = max_new_tokens
         self.batcher = ContinuousBatcher(model_config, slots, max_context + max_new_tokens, temperature,
-                                         steps_per_call=steps_per_call, recompute_on_update=recompute_on_update)
+                                         steps_per_call=steps_per_call, recompute_on_update=recompute_on_update,
+                                         mesh=mesh)
         self._compiled = False
 
     def use(self, variables: dict[str, Any], version: int) -> None:
@@ -90,16 +94,17 @@ class ContinuousPolicySampler:
         return [(c.token_ids, c.logprobs) for c in completions]
 
 
-def make_sampler(config: ml_collections.ConfigDict, model_config: ModelConfig):
+def make_sampler(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh=None):
     """The sampler a rollout worker uses: ``config.sampler.kind`` (default "batch"), rows =
-    ``groups_per_order * group_size`` unless ``config.sampler.slots`` says otherwise."""
+    ``groups_per_order * group_size`` unless ``config.sampler.slots`` says otherwise, on the
+    worker's ``mesh`` (None: one device)."""
     options = config.get("sampler") or ml_collections.ConfigDict()
     kind = options.get("kind", "batch")
     rows = options.get("slots", 0) or config.groups_per_order * config.group_size
     if kind == "batch":
-        return PolicySampler(model_config, rows, config.max_new_tokens, config.temperature)
+        return PolicySampler(model_config, rows, config.max_new_tokens, config.temperature, mesh)
     if kind == "continuous":
         return ContinuousPolicySampler(model_config, rows, config.max_new_tokens, config.seq_len,
                                        config.temperature, options.get("steps_per_call", 4),
-                                       options.get("recompute_on_update", True))
+                                       options.get("recompute_on_update", True), mesh)
     raise ValueError(f"sampler.kind={kind!r}; allowed: {list(SAMPLER_KINDS)}")

@@ -19,6 +19,10 @@ the weights that sampled it. Sampling keys depend on the request ``(seed, index)
 token's index only (``sampling.request_keys``), so a request draws the same tokens here as row
 ``index`` of ``generate(..., seed=seed)``.
 
+With a ``mesh`` the slots split over its batch axes (data x fsdp x expert: each device holds
+its slots' rows and cache) and the weights follow the model's logical rules (heads over
+tensor, experts over expert), as ``generate(..., mesh=)`` lays out a batch.
+
 On a weight update the caches of running requests were computed by the old weights. By default
 they are recomputed with the new ones (AReaL's interruptible rollout), so each token is drawn
 from the policy its version names given its whole context; ``recompute_on_update=False`` keeps
@@ -83,6 +87,41 @@ class SlotState(NamedTuple):
     max_new: jax.Array  # [slots] each slot's request's max_new_tokens (0 when never used)
 
 
+def _slot_spec(ndim: int, slot_axis: int, axes: tuple[str, ...]) -> jax.sharding.PartitionSpec:
+    spec = [None] * ndim
+    if ndim:
+        spec[slot_axis] = axes
+    return jax.sharding.PartitionSpec(*spec)
+
+
+def _map_slots(state: SlotState, place) -> SlotState:
+    """``place(array, slot_axis)`` on every array of the state: the cache's leaves are
+    [layers, slots, ...], every other per-slot array [slots, ...] (the step counter has none)."""
+    cache = jax.tree_util.tree_map(lambda x: place(x, 1), state.decode.cache)
+    fields = {name: place(getattr(state.decode, name), 0) for name in DecodeState._fields
+              if name not in ("cache", "draft") and getattr(state.decode, name) is not None}
+    return SlotState(state.decode._replace(cache=cache, **fields), place(state.max_new, 0))
+
+
+def slot_shardings(mesh: jax.sharding.Mesh, state: SlotState) -> SlotState:
+    """NamedShardings of the slot state on ``mesh``: slots over its batch axes."""
+    from glm5_jax.sharding import BATCH_MESH_AXES
+
+    return _map_slots(state, lambda x, axis: jax.sharding.NamedSharding(
+        mesh, _slot_spec(x.ndim, axis, BATCH_MESH_AXES)))
+
+
+def _keep_slots_sharded(state: SlotState) -> SlotState:
+    """Inside a program traced under a mesh: the state it returns keeps the slots split over
+    the batch axes (what ``slot_shardings`` placed), so no call drifts to another layout."""
+    from glm5_jax.sharding import BATCH_MESH_AXES
+
+    if jax.sharding.get_abstract_mesh().empty:
+        return state
+    return _map_slots(state, lambda x, axis: jax.lax.with_sharding_constraint(
+        x, _slot_spec(x.ndim, axis, BATCH_MESH_AXES)))
+
+
 def _admit(variables: dict, state: SlotState, prompts: jax.Array, lengths: jax.Array, slots: jax.Array,
            seed_keys: jax.Array, indices: jax.Array, max_new: jax.Array, refill: jax.Array, policy: Policy, *,
            config: ModelConfig, kind: PolicyKind, indexer_mode: str) -> SlotState:
@@ -108,7 +147,7 @@ def _admit(variables: dict, state: SlotState, prompts: jax.Array, lengths: jax.A
 
     names = ("lengths", "next_token", "tokens", "logprobs", "n_out", "done", "steps", "request_keys")
     fields = {name: put(getattr(state.decode, name), getattr(new, name)) for name in names}
-    return SlotState(state.decode._replace(cache=cache, **fields), put(state.max_new, max_new))
+    return _keep_slots_sharded(SlotState(state.decode._replace(cache=cache, **fields), put(state.max_new, max_new)))
 
 
 def _decode_chunk(variables: dict, state: SlotState, policy: Policy, steps: jax.Array, *, config: ModelConfig,
@@ -116,7 +155,7 @@ def _decode_chunk(variables: dict, state: SlotState, policy: Policy, steps: jax.
     """Up to ``steps`` decode steps over every slot (fewer if all are done)."""
     decode = decode_loop(variables, state.decode, policy._replace(max_new_tokens=state.max_new),
                          state.decode.step + steps, config=config, kind=kind, indexer_mode=indexer_mode)
-    return state._replace(decode=decode)
+    return _keep_slots_sharded(state._replace(decode=decode))
 
 
 @functools.lru_cache(maxsize=16)
@@ -158,10 +197,17 @@ class ContinuousBatcher:
     def __init__(self, config: ModelConfig, slots: int, capacity: int, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, *, eos_token_id=_FROM_CONFIG, steps_per_call: int = 4,
                  prompt_bucket: int = DEFAULT_PROMPT_BUCKET, admit_rows: int = 8, recompute_on_update: bool = True,
-                 indexer_mode: str = "auto") -> None:
+                 indexer_mode: str = "auto", mesh: jax.sharding.Mesh | None = None) -> None:
         if slots < 1 or steps_per_call < 1 or prompt_bucket < 1:
             raise ValueError(f"slots={slots}, steps_per_call={steps_per_call} and prompt_bucket={prompt_bucket} "
                              "must be >= 1")
+        if mesh is not None:
+            from glm5_jax.sharding import batch_shards
+
+            if slots % batch_shards(mesh):
+                raise ValueError(f"slots={slots} must split evenly over the mesh's batch axes "
+                                 f"(data x fsdp x expert = {batch_shards(mesh)} of {dict(mesh.shape)})")
+        self.mesh = mesh
         self.config = config
         self.slots = slots
         self.capacity = round_up(capacity, CAPACITY_BUCKET)
@@ -175,7 +221,7 @@ class ContinuousBatcher:
         # max_new_tokens is per slot (SlotState.max_new) and the key per request.
         self.policy = make_policy(temperature, top_k, top_p, eos, self.capacity, seed=0)
         self._admit, self._decode = compiled_slot_programs(config, self.kind, indexer_mode)
-        self.state = empty_slots(config, slots, self.capacity)
+        self.state = self._empty_slots()
         self.variables: dict | None = None
         self.version = 0
         self.recomputed_tokens = 0  # context tokens re-prefilled after weight updates
@@ -212,7 +258,14 @@ class ContinuousBatcher:
     def set_weights(self, variables: dict, version: int = 0) -> None:
         """Use ``variables`` from the next call on; with a new version and ``recompute_on_update``
         the running requests' caches are rebuilt under them first."""
-        self.variables = jax.device_put(variables)
+        if self.mesh is None:
+            self.variables = jax.device_put(variables)
+        else:
+            from glm5_jax.model import GLM5Model, logical_partition_specs
+            from glm5_jax.sharding import logical_shardings
+
+            specs = logical_partition_specs(GLM5Model(self.config))
+            self.variables = jax.device_put(variables, logical_shardings(self.mesh, specs, variables))
         changed, self.version = version != self.version, int(version)
         if changed and self.recompute_on_update and self._running:
             tokens = np.asarray(self.state.decode.tokens)
@@ -240,7 +293,8 @@ class ContinuousBatcher:
             for slot in admitted:
                 self._running[slot].first_token_s = now
                 self._running[slot].versions += [self.version] * int(n_out[slot])
-        self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(self.steps_per_call))
+        with self._mesh_context():
+            self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(self.steps_per_call))
         n_out, done = np.asarray(self.state.decode.n_out), np.asarray(self.state.decode.done)
         now = time.perf_counter()
         finished = []
@@ -272,15 +326,27 @@ class ContinuousBatcher:
         for bucket in self.buckets():
             for rows in {1, self.admit_rows}:
                 self._write_slots([(slot, [0] * bucket, request) for slot in range(rows)], refill=False)
-        self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(1))
+        with self._mesh_context():
+            self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(1))
         jax.block_until_ready(self.state)
-        self.state = empty_slots(self.config, self.slots, self.capacity)
+        self.state = self._empty_slots()
 
     def buckets(self) -> list[int]:
         """Prompt (and refill context) lengths that have a program: multiples of prompt_bucket."""
         return list(range(self.prompt_bucket, self.capacity, self.prompt_bucket)) + [self.capacity]
 
     # Internals --------------------------------------------------------------------------------
+    def _empty_slots(self) -> SlotState:
+        state = empty_slots(self.config, self.slots, self.capacity)
+        return state if self.mesh is None else jax.device_put(state, slot_shardings(self.mesh, state))
+
+    def _mesh_context(self):
+        import contextlib
+
+        from glm5_jax.sharding import activate
+
+        return contextlib.nullcontext() if self.mesh is None else activate(self.mesh)
+
     def _admit_queued(self) -> list[int]:
         free = [slot for slot in range(self.slots) if slot not in self._running]
         admitted = []
@@ -309,8 +375,9 @@ class ContinuousBatcher:
             for i, (slot, tokens, request) in enumerate(group):
                 prompts[i, :len(tokens)], lengths[i], slots[i] = tokens, len(tokens), slot
                 seed_keys[i], indices[i], max_new[i] = seed_key(request.seed), request.index, request.max_new_tokens
-            self.state = self._admit(self.variables, self.state, prompts, lengths, slots, seed_keys, indices,
-                                     max_new, np.full((width,), refill), self.policy)
+            with self._mesh_context():
+                self.state = self._admit(self.variables, self.state, prompts, lengths, slots, seed_keys, indices,
+                                         max_new, np.full((width,), refill), self.policy)
 
     def _complete(self, slot: int, tokens: np.ndarray, logprobs: np.ndarray, n_out: int, now: float) -> Completion:
         running = self._running.pop(slot)
