@@ -92,7 +92,9 @@ def test_flops_by_part_follow_the_name_stack_through_loops_and_the_backward():
      "embedding and head, backward"),
     ("jit(train_step)/jvp(GLM5Model)/dense_layers/while/body/closed_call/block/layer_0/self_attn/"
      "bhst,bthd->bshd/dot_general", "attention scores and values, forward"),
+    ("jit(train_step)/cond/branch_1_fun/optimizer/...ij,...jk->...ik/dot_general", "optimizer, forward"),
     ("jit(train_step)/adam/dot_general", "other, forward"),
+    ("", "compiler-generated (no op_name)"),
 ])
 def test_each_dot_is_named_by_its_model_part_and_pass(op_name, part):
     assert part_of(op_name) == part

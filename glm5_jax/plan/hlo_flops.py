@@ -41,6 +41,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 # Where a dot's FLOPs go, read from its op_name (the JAX name stack: jit/jvp/transpose, then
 # the Flax module path): the first pattern that matches names the part.
 PARTS = (
+    ("optimizer", re.compile(r"/optimizer/")),
     ("indexer distillation loss", re.compile(r"indexer_loss")),
     ("indexer", re.compile(r"indexer")),
     ("routed experts", re.compile(r"mlp/experts|/experts/")),
@@ -55,9 +56,13 @@ PARTS = (
 
 
 def part_of(op_name: str) -> str:
-    """'<part>, <pass>': the model part (PARTS; 'other' when none matches: loss chunks,
-    optimizer) and the pass (recompute under remat's ``rematted_computation``, backward under
+    """'<part>, <pass>': the model part (PARTS; 'other' when none matches) and the pass (recompute under remat's ``rematted_computation``, backward under
     ``transpose``, else forward)."""
+    if not op_name:
+        # A dot the compiler wrote itself, with no op_name to say whose it is. On TPU the
+        # largest are ragged_dot's weight gradients: a base-dilated convolution per expert
+        # group over every row of the group buffer, masked (BENCHMARKS.md, "Pod plan").
+        return "compiler-generated (no op_name)"
     part = next((name for name, pattern in PARTS if pattern.search(op_name)), "other")
     if "rematted_computation" in op_name:
         stage = "recompute"

@@ -200,7 +200,8 @@ def make_train_step(model_config: ModelConfig, config: ml_collections.ConfigDict
         finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
 
         def apply(_):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            with jax.named_scope("optimizer"):  # its matmuls (Muon) are named for plan/hlo_flops
+                updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             if stage == DENSE_WARMUP:
                 # Frozen parameters are carried over exactly, not "+ 0" (weight decay would move
