@@ -109,22 +109,17 @@ def test_long_context_table(tmp_path):
         assert row["retention"] is None or finite(row["retention"], 0.0)
 
 
-# code_benchmarks and mtp_acceptance evaluate the same pretrained model: one worker (xdist
-# group) trains it once, in the code_benchmarks run, and mtp_acceptance takes it through
-# --table.checkpoint (the option a user has for the same reuse).
-PRETRAINED = pytest.mark.xdist_group("pretrained_small")
+def test_code_benchmarks_table_and_mtp_acceptance_on_its_model(tmp_path):
+    """code_benchmarks and mtp_acceptance evaluate the same pretrained model: the
+    code_benchmarks run trains it, and mtp_acceptance takes it through --table.checkpoint (the
+    option a user has for the same reuse), so the suite trains it once."""
+    check_code_benchmarks_table(tmp_path / "code_benchmarks")
+    check_mtp_acceptance_table(tmp_path / "mtp_acceptance",
+                               tmp_path / "code_benchmarks" / "points" / "pretrained-seed0")
 
 
-@pytest.fixture(scope="module")
-def code_benchmarks_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("code_benchmarks")
-    reproduce("code_benchmarks", workdir)
-    return workdir
-
-
-@PRETRAINED
-def test_code_benchmarks_table(code_benchmarks_run):
-    tmp_path = code_benchmarks_run
+def check_code_benchmarks_table(tmp_path: Path) -> None:
+    reproduce("code_benchmarks", tmp_path)
     table = load_table(tmp_path, "code_benchmarks")
     assert table["status"] == "complete"
     rows = {row["model"]: row for row in table["rows"]}
@@ -178,9 +173,7 @@ def test_async_rl_table_reads_fragments_and_runs(tmp_path):
     assert run_rows[0]["steps_per_s_ratio"] == pytest.approx(1.25)
 
 
-@PRETRAINED
-def test_mtp_acceptance_table(tmp_path, code_benchmarks_run):
-    pretrained = code_benchmarks_run / "points" / "pretrained-seed0"
+def check_mtp_acceptance_table(tmp_path: Path, pretrained: Path) -> None:
     reproduce("mtp_acceptance", tmp_path, f"--table.checkpoint={pretrained}")
     table = load_table(tmp_path, "mtp_acceptance")
     assert table["status"] == "complete"
