@@ -24,6 +24,10 @@ import dataclasses
 import re
 
 from glm5_jax.plan.hlo_collectives import (
+    BRANCHES,
+    LOOP_BODY,
+    OPERAND,
+    PREDICATED,
     array_bytes,
     loop_trip_count,
     split_computations,
@@ -31,12 +35,8 @@ from glm5_jax.plan.hlo_collectives import (
 
 _NAME = re.compile(r"\s*(?:ROOT )?%(\S+)$")
 _OPCODE = re.compile(r"[\]})] ([a-z][a-z0-9\-]*)\(")  # the shape ends in ], } or )
-_OPERAND = re.compile(r"%([\w.\-]+)")
 _CALLS = re.compile(r"\bcalls=%([\w.\-]+)")
-_BODY = re.compile(r"\bbody=%([\w.\-]+)")
 _TO_APPLY = re.compile(r"\bto_apply=%([\w.\-]+)")
-_PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
-_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
          "add-dependency", "opt-barrier", "partition-id", "replica-id", "domain"}
 _SLICES = {"dynamic-slice", "slice"}
@@ -53,7 +53,7 @@ class Instruction:
 
     @property
     def operands(self) -> list[str]:
-        return _OPERAND.findall(self.arguments)
+        return OPERAND.findall(self.arguments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +159,15 @@ def bytes_accessed(hlo_text: str, count_trips: bool = True) -> HloBytes:
         if opcode in _FREE:
             return 0.0
         if opcode == "while":
-            body = _BODY.search(attributes)
+            body = LOOP_BODY.search(attributes)
             return trip_count(instruction) * total(body.group(1)) if body else 0.0
         if opcode == "call":
             callee = _TO_APPLY.search(attributes)
             return total(callee.group(1)) if callee else 0.0
         if opcode == "conditional":
-            branches = _PREDICATED.findall(attributes)
-            for group in _BRANCHES.findall(attributes):
-                branches += _OPERAND.findall(group)
+            branches = PREDICATED.findall(attributes)
+            for group in BRANCHES.findall(attributes):
+                branches += OPERAND.findall(group)
             return max((total(b) for b in branches), default=0.0)
         if opcode == "fusion":
             return fusion_bytes(instruction, shapes, computations)

@@ -36,6 +36,11 @@ _ARRAY = re.compile(r"\b(" + "|".join(sorted(DTYPE_BYTES, key=len, reverse=True)
                     + r")\[([0-9,]*)\]")
 _CALLEE = re.compile(r"\b(body|calls|true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+# Shared with the FLOP and byte counts (hlo_flops, hlo_bytes): one reading of the HLO text.
+OPERAND = re.compile(r"%([\w.\-]+)")
+LOOP_BODY = re.compile(r"\bbody=%([\w.\-]+)")
+PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
+BRANCHES = _BRANCHES
 _CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
 _CONSTANT = re.compile(r"= s(?:32|64)\[\]\S* constant\((\d+)\)")
 

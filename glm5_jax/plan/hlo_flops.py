@@ -22,17 +22,20 @@ import dataclasses
 import math
 import re
 
-from glm5_jax.plan.hlo_collectives import loop_trip_count, split_computations
+from glm5_jax.plan.hlo_collectives import (
+    BRANCHES,
+    LOOP_BODY,
+    OPERAND,
+    PREDICATED,
+    loop_trip_count,
+    split_computations,
+)
 from glm5_jax.plan.hlo_convolution import convolution_flops
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? ([a-z][a-z0-9\-]*)\((.*)$")
 _TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = \(")
 _SHAPE = re.compile(r"^[a-z0-9]+\[([0-9,]*)\]")
-_OPERAND = re.compile(r"%([\w.\-]+)")
 _CALLEE = re.compile(r"\b(?:body|calls|to_apply)=%([\w.\-]+)")
-_PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
-_BODY = re.compile(r"\bbody=%([\w.\-]+)")
-_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 
 
@@ -118,7 +121,7 @@ def matmul_flops(hlo_text: str) -> MatmulFlops:
             result, shape, opcode, rest = match.groups()
             shapes[result] = _dims(shape)
             if opcode in ("dot", "convolution"):
-                operands = _OPERAND.findall(rest.split(")", 1)[0])
+                operands = OPERAND.findall(rest.split(")", 1)[0])
                 lhs = shapes.get(operands[0]) if operands else None
                 if opcode == "dot":
                     flops = _dot_flops(shapes[result] or [], lhs, rest)
@@ -160,14 +163,14 @@ def _collect_calls(line: str, computations: dict[str, list[str]],
                    into: list[tuple[tuple[str, ...], int | None]]) -> None:
     if "=%" not in line and "branch_computations=" not in line:
         return  # calls nothing (the cheap test first: optimized HLO lines are long)
-    body = _BODY.search(line)
+    body = LOOP_BODY.search(line)
     for callee in _CALLEE.findall(line):
         if body and callee == body.group(1):
             into.append(((callee,), loop_trip_count(line, computations)))
         else:
             into.append(((callee,), 1))
-    branches = _PREDICATED.findall(line)
-    for group in _BRANCHES.findall(line):
+    branches = PREDICATED.findall(line)
+    for group in BRANCHES.findall(line):
         branches += re.findall(r"%([\w.\-]+)", group)
     if branches:  # a conditional runs one branch: count the costliest
         into.append((tuple(branches), 1))
