@@ -13,7 +13,7 @@ from hf_reference import relative_error
 
 import glm5_jax
 from glm5_jax.config import tiny
-from glm5_jax.sample.continuous import ContinuousBatcher, Request
+from glm5_jax.sample.continuous import ContinuousBatcher, Request, compiled_slot_programs
 from glm5_jax.sample.engine import run_batch
 from glm5_jax.sharding import make_mesh
 
@@ -136,6 +136,7 @@ def test_weights_swapped_between_steps_are_recorded_per_token(setup, recompute):
 
 def test_requests_come_and_go_without_recompiling(setup):
     variables, prompts = setup
+    compiled_slot_programs.cache_clear()  # fresh programs: other tests' batchers share them
     b = batcher(variables, 1.0)
     b.warm_up()
     sizes = (b._admit._cache_size(), b._decode._cache_size())

@@ -159,8 +159,9 @@ def _decode_chunk(variables: dict, state: SlotState, policy: Policy, steps: jax.
 
 
 @functools.lru_cache(maxsize=16)
-def compiled_slot_programs(config: ModelConfig, kind: PolicyKind, indexer_mode: str):
-    """(admit, decode_chunk) jitted, both donating the slot state; shapes come from the arguments."""
+def compiled_slot_programs(config: ModelConfig, kind: PolicyKind, indexer_mode: str, mesh=None):
+    """(admit, decode_chunk) jitted, both donating the slot state; shapes come from the arguments.
+    One pair per mesh (None: one device), so each batcher layout counts its own compilations."""
     static = {"config": config, "kind": kind, "indexer_mode": indexer_mode}
     return (jax.jit(functools.partial(_admit, **static), donate_argnums=(1,)),
             jax.jit(functools.partial(_decode_chunk, **static), donate_argnums=(1,)))
@@ -220,7 +221,7 @@ class ContinuousBatcher:
         self.kind = PolicyKind.of(temperature, top_k, top_p)
         # max_new_tokens is per slot (SlotState.max_new) and the key per request.
         self.policy = make_policy(temperature, top_k, top_p, eos, self.capacity, seed=0)
-        self._admit, self._decode = compiled_slot_programs(config, self.kind, indexer_mode)
+        self._admit, self._decode = compiled_slot_programs(config, self.kind, indexer_mode, mesh)
         self.state = self._empty_slots()
         self.variables: dict | None = None
         self.version = 0
