@@ -45,7 +45,7 @@ import numpy as np
 from glm5_jax.config import ModelConfig
 from glm5_jax.sample.cache import init_cache
 from glm5_jax.sample.decode import DecodeState, decode_loop, prefill
-from glm5_jax.sample.engine import CAPACITY_BUCKET, round_up
+from glm5_jax.sample.engine import CAPACITY_BUCKET, mesh_context, round_up, shard_variables
 from glm5_jax.sample.sampling import Policy, PolicyKind, make_policy, request_keys
 
 _FROM_CONFIG = object()
@@ -259,14 +259,8 @@ class ContinuousBatcher:
     def set_weights(self, variables: dict, version: int = 0) -> None:
         """Use ``variables`` from the next call on; with a new version and ``recompute_on_update``
         the running requests' caches are rebuilt under them first."""
-        if self.mesh is None:
-            self.variables = jax.device_put(variables)
-        else:
-            from glm5_jax.model import GLM5Model, logical_partition_specs
-            from glm5_jax.sharding import logical_shardings
-
-            specs = logical_partition_specs(GLM5Model(self.config))
-            self.variables = jax.device_put(variables, logical_shardings(self.mesh, specs, variables))
+        self.variables = (jax.device_put(variables) if self.mesh is None
+                          else shard_variables(self.config, self.mesh, variables))
         changed, self.version = version != self.version, int(version)
         if changed and self.recompute_on_update and self._running:
             tokens = np.asarray(self.state.decode.tokens)
@@ -294,7 +288,7 @@ class ContinuousBatcher:
             for slot in admitted:
                 self._running[slot].first_token_s = now
                 self._running[slot].versions += [self.version] * int(n_out[slot])
-        with self._mesh_context():
+        with mesh_context(self.mesh):
             self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(self.steps_per_call))
         n_out, done = np.asarray(self.state.decode.n_out), np.asarray(self.state.decode.done)
         now = time.perf_counter()
@@ -327,7 +321,7 @@ class ContinuousBatcher:
         for bucket in self.buckets():
             for rows in {1, self.admit_rows}:
                 self._write_slots([(slot, [0] * bucket, request) for slot in range(rows)], refill=False)
-        with self._mesh_context():
+        with mesh_context(self.mesh):
             self.state = self._decode(self.variables, self.state, self.policy, jnp.int32(1))
         jax.block_until_ready(self.state)
         self.state = self._empty_slots()
@@ -340,13 +334,6 @@ class ContinuousBatcher:
     def _empty_slots(self) -> SlotState:
         state = empty_slots(self.config, self.slots, self.capacity)
         return state if self.mesh is None else jax.device_put(state, slot_shardings(self.mesh, state))
-
-    def _mesh_context(self):
-        import contextlib
-
-        from glm5_jax.sharding import activate
-
-        return contextlib.nullcontext() if self.mesh is None else activate(self.mesh)
 
     def _admit_queued(self) -> list[int]:
         free = [slot for slot in range(self.slots) if slot not in self._running]
@@ -376,7 +363,7 @@ class ContinuousBatcher:
             for i, (slot, tokens, request) in enumerate(group):
                 prompts[i, :len(tokens)], lengths[i], slots[i] = tokens, len(tokens), slot
                 seed_keys[i], indices[i], max_new[i] = seed_key(request.seed), request.index, request.max_new_tokens
-            with self._mesh_context():
+            with mesh_context(self.mesh):
                 self.state = self._admit(self.variables, self.state, prompts, lengths, slots, seed_keys, indices,
                                          max_new, np.full((width,), refill), self.policy)
 

@@ -119,7 +119,7 @@ def run_batch(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[i
     prefill_fn, loop_fn = compiled(config, kind, capacity, out_len, draft, indexer_mode, mesh)
     keys = request_keys(policy.key, len(prompts), first_request)
 
-    with _mesh_context(mesh):
+    with mesh_context(mesh):
         if mesh is not None:
             variables, prompt, lengths = _shard_inputs(config, mesh, variables, prompt, lengths)
         state: DecodeState = prefill_fn(variables, jnp.asarray(prompt), jnp.asarray(lengths), policy, keys)
@@ -147,7 +147,7 @@ def run_batch(config: ModelConfig, variables: dict, prompts: Sequence[Sequence[i
     return BatchResult(generations, np.asarray(state.steps), n_out - 1)
 
 
-def _mesh_context(mesh):
+def mesh_context(mesh):
     import contextlib
 
     if mesh is None:
@@ -157,14 +157,21 @@ def _mesh_context(mesh):
     return activate(mesh)
 
 
+def shard_variables(config: ModelConfig, mesh, variables):
+    """The parameters on ``mesh`` by the model's logical rules (heads over tensor, experts over
+    expert)."""
+    from glm5_jax.model import GLM5Model, logical_partition_specs
+    from glm5_jax.sharding import logical_shardings
+
+    return jax.device_put(variables, logical_shardings(mesh, logical_partition_specs(GLM5Model(config)), variables))
+
+
 def _shard_inputs(config: ModelConfig, mesh, variables, prompt, lengths):
     """Parameters by the logical rules (heads over tensor, experts over expert); the batch over
     data x fsdp x expert when it divides, else replicated."""
-    from glm5_jax.model import GLM5Model, logical_partition_specs
-    from glm5_jax.sharding import batch_shards, batch_sharding, logical_shardings, replicated
+    from glm5_jax.sharding import batch_shards, batch_sharding, replicated
 
-    shardings = logical_shardings(mesh, logical_partition_specs(GLM5Model(config)), variables)
-    variables = jax.device_put(variables, shardings)
+    variables = shard_variables(config, mesh, variables)
     if prompt.shape[0] % batch_shards(mesh) == 0:
         return variables, jax.device_put(prompt, batch_sharding(mesh)), jax.device_put(lengths, batch_sharding(mesh, 1))
     return variables, jax.device_put(prompt, replicated(mesh)), jax.device_put(lengths, replicated(mesh))
