@@ -3,9 +3,12 @@
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
+from child_env import TEST_COMPILE_FLAGS  # noqa: E402  (compile fast: see child_env.py)
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), TEST_COMPILE_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Compiled programs are shared across test processes and modules through the persistent cache:
 # every test that builds the same tiny model reuses one XLA compilation.

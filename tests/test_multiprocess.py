@@ -25,6 +25,7 @@ from glm5_jax.train.loop import train
 from glm5_jax.train.metrics_writer import read_metrics
 from glm5_jax.train.process_data import BatchLayoutError, process_region
 from glm5_jax.train.testing import REPO, TEST_TOTAL_STEPS, cpu_test_config, write_test_corpus
+from child_env import child_env
 
 BATCH_SPLIT = "fsdp=4,tensor=2"  # process 0 holds fsdp shards 0-1, process 1 shards 2-3
 EXPERT_SPLIT = "expert=4,tensor=2"  # process 0 holds experts 0-1, process 1 experts 2-3
@@ -47,7 +48,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
 def _job(corpus, mesh: str, workdir: Path) -> tuple[list[str], dict]:
     experiment = workdir.parent / f"{workdir.name}_experiment.py"
     experiment.write_text(EXPERIMENT.format(corpus=str(corpus[0]), data_dir=str(corpus[1]), mesh=mesh))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # devices come from the launcher
+    env = child_env()  # devices come from the launcher
     env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",

@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from glm5_jax.reproduce.scales import REPO
+from child_env import child_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def reproduce(name: str, workdir: Path, *extra: str, scale: str = "smoke") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+    env = child_env()  # one CPU device, as a user has
     env["JAX_PLATFORMS"] = "cpu"
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))  # shared with the suite
     result = subprocess.run([sys.executable, "-m", "glm5_jax.reproduce", name, f"--scale={scale}",

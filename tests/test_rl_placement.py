@@ -25,6 +25,7 @@ from glm5_jax.rl.loop import learner_mesh, train, validate
 from glm5_jax.rl.placement import (PlacementError, cpu_list, learner_devices,
                                    learner_devices_beside_workers, pin_process, worker_slot)
 from test_rl_end_to_end import assert_accounted, small_config
+from child_env import child_env
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_a_learner_of_two_processes_shares_batches_and_sends_its_own_shards(tmp_
 
     _, config_path = small_config(tmp_path)
     workdir = tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # devices come from the launcher
+    env = child_env()  # devices come from the launcher
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     completed = subprocess.run(
         [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=2",

@@ -41,6 +41,7 @@ from glm5_jax.rl.weight_shards import (flatten_dict_tree, layout_id, owned_piece
                                        sharding_by_path, tree_layout)
 from glm5_jax.rl.weight_wire import recv_header, send_frame
 from glm5_jax.sharding import logical_shardings, make_mesh
+from child_env import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120.0  # bounds a hang; never judges speed
@@ -191,7 +192,7 @@ def free_port() -> int:
 def test_each_learner_process_sends_only_its_own_shards(tmp_path):
     script = LEARNER_PROCESS.format(tests=str(REPO / "tests"), out=str(tmp_path))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = child_env()
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), GLM5_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                GLM5_NUM_PROCESSES="2", GLM5_CPU_DEVICES_PER_PROCESS="2")
     processes = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**env, "GLM5_PROCESS_ID": str(i)},
@@ -361,8 +362,7 @@ def slow_down_version(receiver: WeightReceiver, version: int, arrived: threading
 
 
 def test_a_sender_killed_mid_version_leaves_the_old_version(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(REPO)}
+    env = {**child_env(cpu_devices=4), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     sender = subprocess.Popen([sys.executable, "-c", SENDER_PROCESS.format(tests=str(REPO / "tests"))],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     receiver = None
@@ -411,8 +411,7 @@ threading.Event().wait(600)
 def test_the_learner_drops_a_worker_killed_mid_transfer_and_serves_the_others(tmp_path):
     learner_mesh = make_mesh("fsdp=4", jax.devices()[:4])
     sender = WeightSender(streams=2)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(REPO)}
+    env = {**child_env(cpu_devices=2), "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     doomed = subprocess.Popen(
         [sys.executable, "-c", RECEIVER_PROCESS.format(tests=str(REPO / "tests"), address=sender.address)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

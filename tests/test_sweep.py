@@ -19,6 +19,7 @@ from glm5_jax.sweep.jobs import JOBS
 from glm5_jax.sweep.results import markdown_table, point_row, write_results
 from glm5_jax.train.testing import REPO, TEST_TOTAL_STEPS, write_test_corpus
 from test_rl_end_to_end import small_config
+from child_env import child_env
 
 EXPERIMENT = """
 from glm5_jax.train.testing import cpu_test_config
@@ -46,7 +47,7 @@ def test_malformed_axes_say_how_to_write_one(axis):
 
 
 def _sweep(args: list[str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per point
+    env = child_env()  # one CPU device per point
     env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
