@@ -496,6 +496,15 @@ def test_a_version_sent_again_is_acknowledged_again():
         fake.close()
 
 
+def test_close_ends_the_senders_threads():
+    """The accept thread blocks in accept(); closing the listening socket does not wake it, so
+    close() used to wait out its join timeout (10 s at the end of every RL run) and return
+    with the thread still running."""
+    sender = WeightSender(streams=2)
+    sender.close()
+    assert not [thread.name for thread in sender._threads if thread.is_alive()]
+
+
 def test_publish_returns_while_a_version_is_in_flight_and_a_newer_one_replaces_a_waiting_one():
     """Double-buffered: ``publish`` returns at once (the learner trains on, and may donate its
     arrays) while the version travels; a version published meanwhile waits, and a newer one

@@ -205,9 +205,11 @@ class WeightSender:
             peers = list(self._peers.values()) + list(self._connecting.values())
             self._cond.notify_all()
         try:
-            self._listener.close()
+            # close() alone does not wake a thread blocked in accept(); shutdown() does (Linux).
+            self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._listener.close()
         for peer in peers:
             peer.close()
         for thread in self._threads:
