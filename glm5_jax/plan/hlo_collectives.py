@@ -35,12 +35,11 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][a-z0-9\-]*)\((.*
 _ARRAY = re.compile(r"\b(" + "|".join(sorted(DTYPE_BYTES, key=len, reverse=True))
                     + r")\[([0-9,]*)\]")
 _CALLEE = re.compile(r"\b(body|calls|true_computation|false_computation)=%([\w.\-]+)")
-_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 # Shared with the FLOP and byte counts (hlo_flops, hlo_bytes): one reading of the HLO text.
 OPERAND = re.compile(r"%([\w.\-]+)")
 LOOP_BODY = re.compile(r"\bbody=%([\w.\-]+)")
 PREDICATED = re.compile(r"\b(?:true_computation|false_computation)=%([\w.\-]+)")
-BRANCHES = _BRANCHES
+BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _CONDITION = re.compile(r"\bcondition=%([\w.\-]+)")
 _CONSTANT = re.compile(r"= s(?:32|64)\[\]\S* constant\((\d+)\)")
 
@@ -86,8 +85,8 @@ def collective_stats(hlo_text: str) -> CollectiveStats:
             for role, callee in _CALLEE.findall(rest):
                 calls[name].append((callee, condition.group(1) if role == "body" and condition
                                     else None))
-            for group in _BRANCHES.findall(rest):
-                for callee in re.findall(r"%([\w.\-]+)", group):
+            for group in BRANCHES.findall(rest):
+                for callee in OPERAND.findall(group):
                     calls[name].append((callee, None))
     unknown = [0]
     memo: dict[str, tuple[collections.Counter, collections.Counter]] = {}

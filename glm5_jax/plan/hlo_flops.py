@@ -37,8 +37,6 @@ _TUPLE_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = \(")
 _SHAPE = re.compile(r"^[a-z0-9]+\[([0-9,]*)\]")
 _CALLEE = re.compile(r"\b(?:body|calls|to_apply)=%([\w.\-]+)")
 _CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
-
-
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 # Where a dot's FLOPs go, read from its op_name (the JAX name stack: jit/jvp/transpose, then
@@ -59,8 +57,9 @@ PARTS = (
 
 
 def part_of(op_name: str) -> str:
-    """'<part>, <pass>': the model part (PARTS; 'other' when none matches) and the pass (recompute under remat's ``rematted_computation``, backward under
-    ``transpose``, else forward)."""
+    """'<part>, <pass>': the model part (PARTS; 'other' when none matches) and the pass
+    (recompute under remat's ``rematted_computation``, backward under ``transpose``, else
+    forward)."""
     if not op_name:
         # A dot the compiler wrote itself, with no op_name to say whose it is. On TPU the
         # largest are ragged_dot's weight gradients: a base-dilated convolution per expert
@@ -171,7 +170,7 @@ def _collect_calls(line: str, computations: dict[str, list[str]],
             into.append(((callee,), 1))
     branches = PREDICATED.findall(line)
     for group in BRANCHES.findall(line):
-        branches += re.findall(r"%([\w.\-]+)", group)
+        branches += OPERAND.findall(group)
     if branches:  # a conditional runs one branch: count the costliest
         into.append((tuple(branches), 1))
 
