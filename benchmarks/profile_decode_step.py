@@ -9,8 +9,9 @@ continuous-batching benchmark's requests use). Prints:
   of 5, three times) and of prefilling the 64-token prompts;
 * for 32 rows, XLA:CPU's thunks of 32 decode steps from a profiler trace, grouped by the model
   part their HLO op_name names (needs the traceme flag above; without it the trace has no
-  per-thunk events and the table is empty). A conditional's time includes the thunks of the
-  branch it ran, so the indexer row is the whole top-k selection.
+  per-thunk events and the table is empty). Parts are the pod planner's (``plan/hlo_flops``); a
+  conditional's time includes the thunks of the branch it ran, so the indexer row is the whole
+  top-k selection, and thunks with no model part (sampling, bookkeeping) are "other".
 """
 
 from __future__ import annotations
@@ -28,17 +29,12 @@ import numpy as np
 
 from glm5_jax import GLM5Model, init_variables
 from glm5_jax.config import tiny
+from glm5_jax.plan import hlo_flops
 from glm5_jax.sample import engine
 from glm5_jax.sample.sampling import PolicyKind, make_policy
 
 PROMPT, CAPACITY, OUT = 64, 192, 128
-# op_name fragment -> part (first match wins; conditionals inside attention are the indexer's
-# bucketed top-k).
-PARTS = (("self_attn/cond", "indexer top-k (scores + TopK, bucketed conditional)"),
-         ("self_attn", "attention (projections, cache write, gather, softmax)"),
-         ("mlp", "MLP / MoE"), ("lm_head", "LM head"), ("embed", "embedding"),
-         ("layernorm", "norms"), ("norm", "norms"))
-
+INDEXER_TOP_K = "indexer top-k (scores + TopK, bucketed conditional)"
 
 def setup(rows: int):
     config = tiny().replace(initializer_range=0.1)
@@ -69,11 +65,12 @@ def step_costs(rows: int) -> tuple[list[float], float]:
 
 
 def part_of(op_name: str) -> str:
-    for fragment, part in PARTS:
-        if fragment in op_name:
-            return part
-    return "sampling, bookkeeping, loop control"
-
+    """The planner's model parts (``plan/hlo_flops.part_of``, pass dropped: decode has one), except
+    that a conditional inside attention is the indexer's bucketed top-k (its op_name names only
+    ``self_attn/cond``, which the planner would count as attention)."""
+    if "self_attn/cond" in op_name:
+        return INDEXER_TOP_K
+    return hlo_flops.part_of(op_name).rsplit(", ", 1)[0]
 
 def profile(rows: int = 32, steps: int = 32) -> dict[str, float]:
     from jax.profiler import ProfileData
