@@ -103,11 +103,12 @@ def test_long_context_table(tmp_path):
     assert set(rows) == {"dense_mla", "dsa"}
     assert rows["dsa"]["index_topk"] < 128 <= rows["dense_mla"]["index_topk"]  # sparse vs dense at eval
     for row in rows.values():
-        for length in (128, 256):
-            assert finite(row[f"acc_{length}"], 0.0, 1.0)
+        for keys in (1, 2):  # single needle and 2-key recall
+            for length in (128, 256):
+                assert finite(row[f"acc_k{keys}_{length}"], 0.0, 1.0)
+            assert row[f"retention_k{keys}"] is None or finite(row[f"retention_k{keys}"], 0.0)
         for length in (64, 128):
             assert finite(row[f"prefill_s_{length}"], 1e-7, 60.0)
-        assert row["retention"] is None or finite(row["retention"], 0.0)
 
 
 def test_code_benchmarks_table_and_mtp_acceptance_on_its_model(tmp_path):

@@ -43,8 +43,16 @@ def attention_at(model_config, spec, length: int):
     return model_config
 
 
-def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float:
-    """Fraction of the length's prompts whose answer the model reproduces exactly."""
+def accuracy_key(keys: int, length: int) -> str:
+    return f"acc_k{keys}_{length}"
+
+
+def retention_key(keys: int) -> str:
+    return f"retention_k{keys}"
+
+
+def _accuracy_at(model_config, variables, tokenizer, spec, keys: int, length: int) -> float:
+    """Fraction of the length's ``keys``-key prompts whose answer the model reproduces exactly."""
     import jax
     import jax.numpy as jnp
 
@@ -55,7 +63,7 @@ def _accuracy_at(model_config, variables, tokenizer, spec, length: int) -> float
         evaluation_prompts,
     )
 
-    examples = evaluation_prompts(spec.eval_keys, tokenizer, length, spec.eval_prompts, spec.eval_seed)
+    examples = evaluation_prompts(keys, tokenizer, length, spec.eval_prompts, spec.eval_seed)
     encoded = [answer_positions(tokenizer, e) for e in examples]
     width = -(-max(len(ids) for ids, _ in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
     model = GLM5Model(attention_at(model_config, spec, width))
@@ -99,12 +107,12 @@ def measure_row(context: Context, name: str) -> dict[str, Any]:
     directory = point_dir(context, name)
     cached = directory / MEASUREMENTS  # written after every length: an interrupted row resumes
     settings = {"eval_prompts": context.spec.eval_prompts, "eval_seed": context.spec.eval_seed,
-                "eval_keys": context.spec.eval_keys,
+                "eval_keys": list(context.spec.eval_keys),
                 "task": context.spec.task.to_dict()}
     values: dict[str, Any] = json.loads(cached.read_text()) if cached.exists() else {}
     if values.get("settings") != settings:
         values = {"settings": settings}
-    wanted = ([f"acc_{n}" for n in context.spec.eval_lengths]
+    wanted = ([accuracy_key(k, n) for k in context.spec.eval_keys for n in context.spec.eval_lengths]
               + [f"prefill_s_{n}" for n in context.spec.latency_lengths])
     if all(key in values for key in wanted):
         return values
@@ -113,11 +121,13 @@ def measure_row(context: Context, name: str) -> dict[str, Any]:
     tokenizer = document_tokenizer(load_tokenizer(directory / "tokenizer.json"))
     values.update(final_train_ce=point_row(name, {}, {}, directory).get("final_ce_loss"),
                   index_topk=model.config.index_topk)
-    for length in spec.eval_lengths:
-        if f"acc_{length}" not in values:
-            context.echo(f"[{name}] retrieval at {length} tokens")
-            values[f"acc_{length}"] = _accuracy_at(model.config, variables, tokenizer, spec, length)
-            cached.write_text(json.dumps(values, indent=1) + "\n")
+    for keys in spec.eval_keys:
+        for length in spec.eval_lengths:
+            if accuracy_key(keys, length) not in values:
+                context.echo(f"[{name}] retrieval of 1 of {keys} keys at {length} tokens")
+                values[accuracy_key(keys, length)] = _accuracy_at(
+                    model.config, variables, tokenizer, spec, keys, length)
+                cached.write_text(json.dumps(values, indent=1) + "\n")
     for length in spec.latency_lengths:
         if f"prefill_s_{length}" not in values:
             values[f"prefill_s_{length}"] = _prefill_seconds(model.config, variables, spec, length)
@@ -136,31 +146,36 @@ def build(context: Context) -> Table:
         row = {**identity, "status": status}
         if status == "done":
             row.update(measure_row(context, name))
-            base = row.get(f"acc_{short}")
-            row["retention"] = row[f"acc_{long}"] / base if base else None
+            for keys in spec.eval_keys:
+                base = row.get(accuracy_key(keys, short))
+                row[retention_key(keys)] = row[accuracy_key(keys, long)] / base if base else None
         elif statuses[name].get("error"):
             row["error"] = statuses[name]["error"].splitlines()[-1]
         row["provenance"] = row_provenance(context, name, overrides, identity["seed"])
         rows.append(row)
     columns = ([("row", "row"), ("seed", "seed"), ("status", "status"), ("index_topk", "index_topk"),
                 ("final_train_ce", "final train CE")]
-               + [(f"acc_{n}", f"acc @{n}") for n in spec.eval_lengths]
-               + [("retention", f"retention {long}/{short}")]
+               + [(accuracy_key(k, n), f"acc {k}-key @{n}") for k in spec.eval_keys for n in spec.eval_lengths]
+               + [(retention_key(k), f"{k}-key retention {long}/{short}") for k in spec.eval_keys]
                + [(f"prefill_s_{n}", f"prefill s @{n}") for n in spec.latency_lengths])
     plots = [_plot(context, rows)]
     comparison = []
-    for row in rows:
-        comparison.append({"quantity": f"{row['row']}: retention, accuracy at {long} / at {short}",
-                           "paper": spec.paper[0]["value"], "ours": row.get("retention"),
-                           "note": f"accuracy at {short}: {_fmt(row.get(f'acc_{short}'))}"})
+    for keys in spec.eval_keys:
+        for row in rows:
+            comparison.append({
+                "quantity": f"{row['row']}: {_task_name(keys)} retention, accuracy at {long} / at {short}",
+                "paper": spec.paper[0]["value"], "ours": row.get(retention_key(keys)),
+                "note": f"accuracy at {short}: {_fmt(row.get(accuracy_key(keys, short)))}"})
     notes = [
-        (f"Task: multi-query associative recall, {spec.eval_keys} one-letter keys set to one-digit values "
-         "(v.q = 7) at random depths in code-like filler (a fixed cycle of lines), the last line asks for one "
-         "(assert v.q ==; chance 0.1); a prompt is correct when the argmax at every answer token is the answer "
-         f"(= greedy decoding of it). {spec.eval_prompts} prompts per length, the same for both rows. Training "
-         f"documents have {spec.task.min_keys}..{spec.task.num_keys} keys, every key asked for, the loss on the "
-         "answers only (final train CE is that answer CE); both rows trained at "
-         f"{spec.train_length} tokens, so every longer length tests length generalisation."),
+        ("Task: one-letter keys set to one-digit values (v.q = 7) at random depths in code-like filler (a "
+         "fixed cycle of lines); the last line asks for one (assert v.q ==; chance 0.1). With 1 key it is a "
+         "single needle in a haystack (find the one assignment); with several, multi-key recall (find the "
+         "assignment of the key asked for). A prompt is correct when the argmax at every answer token is the "
+         f"answer (= greedy decoding of it). {spec.eval_prompts} prompts per length and key count, the same "
+         f"for both rows. Training documents have {spec.task.min_keys}..{spec.task.num_keys} keys and "
+         f"{spec.task.min_lines}..{spec.task.max_lines} filler lines, every key asked for, the loss on the "
+         f"answers only (final train CE is that answer CE); both rows trained at {spec.train_length} tokens, "
+         "so every longer length tests length generalisation."),
         ("prefill s: best of 2 timed calls of the compiled prefill (batch 1, the row's attention: dense "
          "MLA blockwise; DSA: the indexer's top-k gathered, dense while the prompt fits in index_topk); "
          "wall-clock on a shared host (load average below)."),
@@ -170,6 +185,10 @@ def build(context: Context) -> Table:
                  scale=context.scale, paper=list(spec.paper), columns=columns, rows=rows,
                  comparison=comparison, plots=plots, notes=notes,
                  status="complete" if complete else "incomplete")
+
+
+def _task_name(keys: int) -> str:
+    return "single-needle" if keys == 1 else f"{keys}-key recall"
 
 
 def _fmt(value) -> str:
@@ -184,8 +203,9 @@ def _plot(context: Context, rows: list[dict]) -> str:
             if row["status"] != "done":
                 continue
             label = f"{row['row']} (seed {row['seed']})"
-            accuracy_axes.plot(spec.eval_lengths, [row[f"acc_{n}"] for n in spec.eval_lengths],
-                               marker="o", label=label)
+            for keys, style in zip(spec.eval_keys, ("-", "--", ":", "-."), strict=False):
+                accuracy_axes.plot(spec.eval_lengths, [row[accuracy_key(keys, n)] for n in spec.eval_lengths],
+                                   marker="o", linestyle=style, label=f"{label}, {_task_name(keys)}")
             latency_axes.plot(spec.latency_lengths, [row[f"prefill_s_{n}"] for n in spec.latency_lengths],
                               marker="o", label=label)
         accuracy_axes.axvline(spec.train_length, color="grey", linestyle=":", label="training length")

@@ -21,6 +21,7 @@ answer token equals the answer, which is what greedy decoding of the answer woul
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import random
@@ -109,21 +110,35 @@ def write_retrieval_corpus(directory: Path, task: ml_collections.ConfigDict) -> 
 
 def evaluation_prompts(num_keys: int, tokenizer, length: int, count: int,
                        seed: int) -> list[RetrievalExample]:
-    """``count`` prompts of about ``length`` tokens (filler added line by line until the
-    tokenizer's count reaches it), ``num_keys`` keys at random depths."""
+    """``count`` prompts of at most ``length`` tokens with their answer (the filler takes every
+    line that fits beside the key lines and the question), ``num_keys`` keys at random depths."""
     rng = random.Random(f"{seed}-{length}")
+    key_tokens = (num_keys * len(tokenizer.encode("\nv.q = 7").ids)
+                  + len(tokenizer.encode("\nassert v.q == 7").ids))
+    lines_from: dict[int, int] = {}  # filler lines that fit, by the cycle's start line
     examples = []
-    key_line = len(tokenizer.encode("\nv.q = 7").ids)
-    key_tokens = key_line * num_keys + 16  # room for the key lines and the question
-    line_tokens = [len(tokenizer.encode(line + "\n").ids) for line in _FILLER]
     for _ in range(count):
-        start, lines, tokens = rng.randrange(len(_FILLER)), 0, 0
-        while tokens < length - key_tokens:
-            tokens += line_tokens[(start + lines) % len(_FILLER)]
-            lines += 1
-        filler = [_FILLER[(start + i) % len(_FILLER)] for i in range(lines)]
+        start = rng.randrange(len(_FILLER))
+        if start not in lines_from:
+            lines_from[start] = _filler_lines_within(tokenizer, start, length - key_tokens)
+        filler = [_FILLER[(start + i) % len(_FILLER)] for i in range(lines_from[start])]
         examples.append(_document(rng, filler, num_keys)[0])
     return examples
+
+
+def _filler_lines_within(tokenizer, start: int, budget: int) -> int:
+    """How many filler lines from ``start`` encode to at most ``budget`` tokens, counted in one
+    encoding of the running text (a line's tokens depend on the line break before it)."""
+    lines = [_FILLER[(start + i) % len(_FILLER)] for i in range(max(budget, 0))]  # >= 1 token each
+    encoding = tokenizer.encode("\n".join(lines))
+    token_ends = [end for _, end in encoding.offsets]
+    fitting, line_end = 0, 0
+    for line in lines:
+        line_end += len(line) + (1 if fitting else 0)
+        if bisect.bisect_right(token_ends, line_end) > budget:
+            break
+        fitting += 1
+    return fitting
 
 
 def answer_positions(tokenizer, example: RetrievalExample) -> tuple[list[int], list[int]]:
