@@ -12,6 +12,7 @@ import glm5_jax
 from glm5_jax.config import tiny
 from glm5_jax.eval.pool import SandboxPool
 from glm5_jax.rl.buffer import TrajectoryBuffer
+from glm5_jax.rl.continuous_rollout import ContinuousRollout
 from glm5_jax.rl.char_tokenizer import CharTokenizer
 from glm5_jax.rl.environments import CodeEnvironment
 from glm5_jax.rl.feedback import label_feedback
@@ -105,6 +106,54 @@ def test_weights_published_mid_generation_are_recorded_per_token(variables, samp
         buffer.add(trajectory)
     assert buffer.take(1, current_version=3) is None
     assert buffer.accounting.dropped["stale"] == 3
+
+
+def test_an_order_added_while_another_runs_joins_its_batch_and_changes_no_trajectory(variables, sampler):
+    """A worker holding two orders (``ContinuousRollout.add`` mid-run): each trajectory is the
+    one its order gives alone, the short order is reported as soon as its last episode ends
+    while the long one still decodes, and the reports add up to everything generated."""
+    tasks = tiny_task_suite([1])
+
+    def make_env(index):
+        return CodeEnvironment(tasks[index], "debug", 2, RewardWeights(), label_feedback, feedback_chars=8)
+
+    first = [GroupOrder("a", 0, ("a0", "a1"), seed=4)]
+    second = [GroupOrder("b", 1, ("b0", "b1", "b2"), seed=9)]
+
+    def alone(orders):
+        emitted = []
+        with SandboxPool(workers=2) as pool:
+            run_orders(orders, make_env, PublishesMidGeneration(variables, variables, 10**9), sampler, pool,
+                       TOKENIZER, emitted.append, max_context=MAX_CONTEXT)
+        return {t.episode_id: t for t in emitted}
+
+    expected = {**alone(first), **alone(second)}
+    emitted, reports = [], []
+    with SandboxPool(workers=2) as pool:
+        rollout = ContinuousRollout(make_env, PublishesMidGeneration(variables, variables, 10**9), sampler,
+                                    pool, TOKENIZER, emitted.append, max_context=MAX_CONTEXT)
+        rollout.add("A", first)
+        reports += rollout.step()  # "A" is decoding when "B" arrives
+        assert rollout.live_orders == 1 and sampler.batcher.running
+        rollout.add("B", second)
+        while not rollout.idle:
+            done_before = {t.episode_id for t in emitted}
+            for key, stats in rollout.step():
+                reports.append((key, stats))
+                if key == "A":  # reported while "B" still runs, not when the worker is idle
+                    assert rollout.live_orders == 1 and not rollout.idle
+                # An order is reported in the step its last episode ends.
+                ended = {t.episode_id for t in emitted} - done_before
+                assert {e[0].upper() for e in ended} >= {key}
+    assert [key for key, _ in reports] == ["A", "B"]
+    assert sorted(t.episode_id for t in emitted) == sorted(expected)
+    for trajectory in emitted:
+        alone_turns = expected[trajectory.episode_id].turns
+        assert [t.action_tokens for t in trajectory.turns] == [t.action_tokens for t in alone_turns]
+        assert [t.reward for t in trajectory.turns] == [t.reward for t in alone_turns]
+        for turn, alone_turn in zip(trajectory.turns, alone_turns):
+            assert relative_error(turn.action_logprobs, alone_turn.action_logprobs) <= LOGPROB_RTOL
+    assert sum(stats.generated_tokens for _, stats in reports) == sum(t.num_action_tokens for t in emitted)
 
 
 def test_per_token_versions_round_trip_and_old_dicts_load():

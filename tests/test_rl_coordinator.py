@@ -170,6 +170,41 @@ def test_idle_worker_death_loses_nothing_and_restart_limit_raises():
         coordinator.pump()
 
 
+def test_a_worker_holds_up_to_orders_in_flight_orders_idle_workers_first():
+    """With orders_in_flight=2 a busy worker gets a second order (idle workers are served
+    first); a finished order frees its place; a death loses what every held order still owed."""
+    pool = ScriptedPool()
+    buffer = RecordingBuffer(group_size=2, max_staleness=4, capacity_groups=5)
+    coordinator = RolloutCoordinator(pool, buffer, num_tasks=5, groups_per_order=1, seed=0,
+                                     log=lambda _: None, orders_in_flight=2)
+    pool.inbox += [(0, ("ready", {}))]
+    coordinator.dispatch_enabled = True
+    coordinator.pump()
+    assert len(pool.sent[0]) == 2  # one worker ready: it takes two orders
+    pool.inbox += [(1, ("ready", {}))]
+    coordinator.pump()
+    assert len(pool.sent[1]) == 2 and len(pool.sent[0]) == 2  # never a third
+    assert books(buffer)["running"] == 8 and buffer.room() == 1
+
+    # Worker 0's first order comes back (it still runs its second): it gets one more order.
+    first_key, [first] = pool.sent[0][0]
+    pool.inbox += [(0, ("trajectory", trajectory(first.group_id, e, 0))) for e in first.episode_ids]
+    pool.inbox.append((0, ("order_done", first_key, STATS)))
+    coordinator.pump()
+    assert len(pool.sent[0]) == 3 and len(pool.sent[1]) == 2
+    held = [e for _, [order] in pool.sent[0][1:] for e in order.episode_ids]
+    assert coordinator.outstanding_by_worker()[0] == held
+
+    # Worker 1 dies holding two orders: all four of their episodes are lost, nothing else.
+    owed = [e for _, [order] in pool.sent[1] for e in order.episode_ids]
+    assert coordinator.outstanding_by_worker()[1] == owed
+    pool.deaths.append(1)
+    coordinator.pump()
+    assert buffer.lost_ids == owed and 1 not in coordinator.outstanding_by_worker()
+    assert books(buffer) == {"dispatched": 10, "generated": 2, "lost": 4, "running": 4,
+                             "buffered": 2, "consumed": 0, "dropped": 0, "duplicates": 0}
+
+
 # Real processes, one SIGKILLed while it holds episodes --------------------------------------
 def stand_in_worker_main(worker_id, conn, config_json, scratch_dir):
     """Speaks the worker protocol without a model. The first incarnation of ``hang_worker``
@@ -230,7 +265,7 @@ def test_sigkilled_worker_process_loses_exactly_its_owed_episodes(tmp_path):
         first_pid = pool.pid(0)
         coordinator.dispatch_enabled = True
         coordinator.pump(0.05)
-        orders0, orders1 = coordinator._assigned[0][1], coordinator._assigned[1][1]
+        (orders0,), (orders1,) = (list(coordinator._assigned[w].values()) for w in (0, 1))
         ids0 = [e for o in orders0 for e in o.episode_ids]
         ids1 = [e for o in orders1 for e in o.episode_ids]
         # Wait until worker 0 has returned its two episodes and is holding the other four.

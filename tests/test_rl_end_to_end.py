@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from glm5_jax.rl.checkpoint import RunCheckpointer
-from glm5_jax.rl.loop import train
+from glm5_jax.rl.loop import train, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = '''
@@ -259,10 +259,22 @@ def test_entry_point_runs_lock_step_mode(tmp_path):
         assert floor - 1e-9 <= result["reward"] <= floor + lower_terms * result["pass_rate"] + 1e-9
 
 
+def test_orders_in_flight_is_checked_against_the_sampler(tmp_path):
+    config, _ = small_config(tmp_path, **{"sampler.orders_in_flight": 2})
+    with pytest.raises(ValueError, match="sampler.orders_in_flight=2 needs sampler.kind='continuous'"):
+        validate(config)
+    config, _ = small_config(tmp_path, **{"sampler.kind": "continuous", "sampler.orders_in_flight": 0})
+    with pytest.raises(ValueError, match="sampler.orders_in_flight=0 must be >= 1"):
+        validate(config)
+
+
 def test_ray_backend_runs_the_same_experiment(tmp_path):
+    """On Ray, with the continuous sampler and two orders in flight per worker: the actor's one
+    message stream carries both orders' trajectories and reports."""
     pytest.importorskip("ray")
     config, _ = small_config(tmp_path, backend="ray", num_workers=1, total_steps=2,
-                             checkpoint_every=0, ray_num_cpus=2)
+                             checkpoint_every=0, ray_num_cpus=2,
+                             **{"sampler.kind": "continuous", "sampler.orders_in_flight": 2})
     last = train(config, tmp_path / "ray")
     assert last["step"] == 2 and last["workers/ready"] == 1
     records = read_metrics(tmp_path / "ray")

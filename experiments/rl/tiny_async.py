@@ -83,8 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
     # "batch": generate on padded batches, one per turn. "continuous": requests join and leave
     # a running batch of `slots` rows (0: groups_per_order * group_size); with
     # refresh_weights_each_turn new weights are taken between decode steps (recorded per token).
+    # orders_in_flight (continuous only): orders a worker holds at once; above 1 the slots an
+    # order's finished episodes free go to the next order instead of waiting for its stragglers.
     config.sampler = ml_collections.ConfigDict({"kind": "batch", "slots": 0, "steps_per_call": 4,
-                                                "recompute_on_update": True})
+                                                "recompute_on_update": True, "orders_in_flight": 1})
     config.max_worker_restarts = 20
     config.worker_start_timeout_s = 1200.0
     config.batch_timeout_s = 1200.0

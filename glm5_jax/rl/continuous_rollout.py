@@ -13,7 +13,12 @@ per token which version sampled it, so a turn can span versions (``Turn.token_ve
 ``policy_version`` the oldest).
 
 Sampling keys: turn ``t`` of the ``i``-th episode of an order draws as request
-``(order.seed + 7919 * t, i)``, whatever else is running.
+``(order.seed + 7919 * t, i)``, whatever else is running, so a trajectory does not depend on
+which other orders share the batch.
+
+A worker can hold several orders at once (``ContinuousRollout.add`` while others run:
+``config.sampler.orders_in_flight``): the slots a finished order frees go to the next order
+instead of idling until the last straggler of the current one ends.
 """
 
 from __future__ import annotations
@@ -51,58 +56,116 @@ def run_orders_continuous(orders: Sequence[GroupOrder], make_env: Callable[[int]
                           max_context: int | None = None) -> RolloutStats:
     """``rollout.run_orders`` with a ``ContinuousPolicySampler``: same trajectories' shape,
     same accounting, no lock-step between episodes."""
+    rollout = ContinuousRollout(make_env, policy, sampler, executor, tokenizer, emit, worker_id,
+                                refresh_between_steps, max_context)
+    rollout.add("", orders)
     stats = RolloutStats()
-    episodes = start_episodes(orders, make_env, tokenizer)
-    seeds, indices = [], []
-    for order in orders:
-        seeds += [order.seed] * len(order.episode_ids)
-        indices += list(range(len(order.episode_ids)))
-    turns = [0] * len(episodes)
-    batcher = sampler.batcher
+    while not rollout.idle:
+        for _, finished_stats in rollout.step():
+            stats = finished_stats
+    return stats
 
-    def submit(e: int) -> None:
-        request = sampler.request(episodes[e].context, seeds[e] + TURN_SEED_STRIDE * turns[e], indices[e], tag=e)
-        batcher.submit(request)
 
-    policy.refresh()
-    sampler.use(policy.variables, int(policy.version))
-    recomputed_before = batcher.recomputed_tokens
-    for e in range(len(episodes)):
-        submit(e)
-    verdicts: dict[concurrent.futures.Future, tuple] = {}
-    live = len(episodes)
-    while live:
-        if refresh_between_steps and policy.refresh():
-            if batcher.running:
+class ContinuousRollout:
+    """Episodes of any number of orders in one running batch; orders can be added at any time
+    (a worker takes its next order while the last one's stragglers still decode).
+
+    ``step`` advances everything once (a decode call, or a wait for the sandbox when nothing
+    decodes) and returns the orders whose last episode just ended, each with the statistics
+    gathered since the previous order ended (so the reports sum to the worker's totals)."""
+
+    def __init__(self, make_env: Callable[[int], CodeEnvironment], policy: Policy, sampler, executor,
+                 tokenizer, emit: Callable[[Trajectory], None], worker_id: int = -1,
+                 refresh_between_steps: bool = True, max_context: int | None = None) -> None:
+        self.make_env, self.policy, self.sampler, self.executor = make_env, policy, sampler, executor
+        self.tokenizer, self.emit, self.worker_id = tokenizer, emit, worker_id
+        self.refresh_between_steps, self.max_context = refresh_between_steps, max_context
+        self.batcher = sampler.batcher
+        self._episodes: dict[int, tuple] = {}  # tag -> (episode, order key, seed, index in order)
+        self._turns: dict[int, int] = {}
+        self._live_by_order: dict[str, int] = {}
+        self._next_tag = 0
+        self._verdicts: dict[concurrent.futures.Future, tuple] = {}
+        self._unreported = RolloutStats()
+        self._recomputed_reported = self.batcher.recomputed_tokens
+
+    @property
+    def idle(self) -> bool:
+        return not self._live_by_order
+
+    @property
+    def live_orders(self) -> int:
+        return len(self._live_by_order)
+
+    def add(self, order_key: str, orders: Sequence[GroupOrder]) -> None:
+        """Start every episode of ``orders`` (reported together as ``order_key``)."""
+        if order_key in self._live_by_order:
+            raise ValueError(f"order {order_key!r} is already running")
+        if self.idle:  # an order that starts alone starts on the newest weights
+            self.policy.refresh()
+            self.sampler.use(self.policy.variables, int(self.policy.version))
+        episodes = start_episodes(orders, self.make_env, self.tokenizer)
+        position = 0
+        for order in orders:
+            for index in range(len(order.episode_ids)):
+                tag = self._next_tag
+                self._next_tag += 1
+                self._episodes[tag] = (episodes[position], order_key, order.seed, index)
+                self._turns[tag] = 0
+                position += 1
+                self._submit(tag)
+        if episodes:
+            self._live_by_order[order_key] = len(episodes)
+
+    def _submit(self, tag: int) -> None:
+        episode, _, seed, index = self._episodes[tag]
+        self.batcher.submit(self.sampler.request(
+            episode.context, seed + TURN_SEED_STRIDE * self._turns[tag], index, tag=tag))
+
+    def step(self) -> list[tuple[str, RolloutStats]]:
+        stats = self._unreported
+        if self.refresh_between_steps and self.policy.refresh():
+            if self.batcher.running:
                 stats.weight_switches += 1
-            sampler.use(policy.variables, int(policy.version))
-        if not batcher.idle:
+            self.sampler.use(self.policy.variables, int(self.policy.version))
+        if not self.batcher.idle:
             start = time.perf_counter()
-            finished = batcher.step()
+            finished = self.batcher.step()
             stats.generate_s += time.perf_counter() - start
             for completion in finished:
-                e = completion.request.tag
-                text = tokenizer.decode(completion.token_ids)
-                verdicts[_verdict(executor, episodes[e].env.job(text))] = (completion, text, time.perf_counter())
-            ready = [future for future in verdicts if future.done()]
+                episode = self._episodes[completion.request.tag][0]
+                text = self.tokenizer.decode(completion.token_ids)
+                self._verdicts[_verdict(self.executor, episode.env.job(text))] = (
+                    completion, text, time.perf_counter())
+            ready = [future for future in self._verdicts if future.done()]
         else:
             start = time.perf_counter()
-            ready, _ = concurrent.futures.wait(verdicts, return_when=concurrent.futures.FIRST_COMPLETED)
+            ready, _ = concurrent.futures.wait(self._verdicts, return_when=concurrent.futures.FIRST_COMPLETED)
             stats.environment_s += time.perf_counter() - start
+        done_orders = []
         for future in ready:
-            completion, text, sent = verdicts.pop(future)
-            e = completion.request.tag
-            episode = episodes[e]
+            completion, text, sent = self._verdicts.pop(future)
+            tag = completion.request.tag
+            episode, order_key, _, _ = self._episodes[tag]
             episode.generate_s += completion.finished_s - completion.submitted_s
             episode.environment_s += time.perf_counter() - sent
             stats.generated_tokens += len(completion.token_ids)
             stats.interrupted_turns += len(set(completion.token_versions)) > 1
-            turns[e] += 1
-            stats.turns = max(stats.turns, turns[e])
+            self._turns[tag] += 1
+            stats.turns = max(stats.turns, self._turns[tag])
             if finish_turn(episode, completion.token_ids, completion.logprobs, completion.token_versions, text,
-                           future.result(), tokenizer, emit, worker_id, max_context):
-                submit(e)
-            else:
-                live -= 1
-    stats.recomputed_tokens = batcher.recomputed_tokens - recomputed_before
-    return stats
+                           future.result(), self.tokenizer, self.emit, self.worker_id, self.max_context):
+                self._submit(tag)
+                continue
+            del self._episodes[tag], self._turns[tag]
+            self._live_by_order[order_key] -= 1
+            if not self._live_by_order[order_key]:
+                del self._live_by_order[order_key]
+                done_orders.append(order_key)
+        reports = []
+        for order_key in done_orders:  # the first report takes everything since the last one
+            report, self._unreported = self._unreported, RolloutStats()
+            report.recomputed_tokens = self.batcher.recomputed_tokens - self._recomputed_reported
+            self._recomputed_reported = self.batcher.recomputed_tokens
+            reports.append((order_key, report))
+        return reports

@@ -4,15 +4,16 @@ It sits between any worker pool (local processes or Ray actors: same interface, 
 returns messages and dead workers) and the trajectory buffer, and is the only code that
 touches the buffer, under one lock:
 
-* **dispatch**: an idle, warmed-up worker gets an order of ``groups_per_order`` groups (task
-  chosen by a seeded RNG, every episode id unique) when the buffer has room for them
+* **dispatch**: a warmed-up worker holding fewer than ``orders_in_flight`` orders (idle
+  workers first) gets an order of ``groups_per_order`` groups (task chosen by a seeded RNG,
+  every episode id unique) when the buffer has room for them
   (back-pressure) and they can be consumed within ``max_staleness`` (``admission``: AReaL's
   rule, from the learner's version, its batch size and ``sync_every``), or, in lock-step mode,
   while the round's budget lasts;
 * **collect**: each trajectory goes to the buffer as it arrives (a duplicate is counted, never
   filed twice);
-* **recover**: when a worker dies (SIGKILL, crash, broken pipe), the episodes of its order that
-  had not come back are marked lost in the buffer (their groups complete without them and the
+* **recover**: when a worker dies (SIGKILL, crash, broken pipe), the episodes of its orders
+  that had not come back are marked lost in the buffer (their groups complete without them and the
   group rules decide), and the worker is restarted.
 
 In asynchronous mode a background thread pumps it; in synchronous mode the loop pumps it
@@ -43,7 +44,8 @@ class RolloutCoordinator:
     def __init__(self, pool, buffer: TrajectoryBuffer, num_tasks: int, groups_per_order: int,
                  seed: int, max_restarts: int = 20, log: Callable[[str], None] = print,
                  order_prefix: str = "", lock_step: bool = False, groups_per_batch: int | None = None,
-                 sync_every: int = 1, staleness_at_admission: bool = True) -> None:
+                 sync_every: int = 1, staleness_at_admission: bool = True,
+                 orders_in_flight: int = 1) -> None:
         self.pool = pool
         self.buffer = buffer
         self.num_tasks = num_tasks
@@ -55,7 +57,9 @@ class RolloutCoordinator:
         self._seed = seed
         self._orders_sent = 0
         self._ready: set[int] = set()
-        self._assigned: dict[int, tuple[str, list[GroupOrder]]] = {}
+        # Orders each worker holds, by order key (at most ``orders_in_flight`` per worker).
+        self._assigned: dict[int, dict[str, list[GroupOrder]]] = {}
+        self.orders_in_flight = orders_in_flight
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         # Groups left to dispatch this round in lock-step mode; None: as many as the buffer allows.
@@ -102,8 +106,7 @@ class RolloutCoordinator:
             self.buffer.add(message[1])
         elif kind == "order_done":
             _, order_key, stats = message
-            if self._assigned.get(worker_id, (None,))[0] == order_key:
-                del self._assigned[worker_id]
+            self._assigned.get(worker_id, {}).pop(order_key, None)
             self.worker_busy_s += stats["generate_s"] + stats["environment_s"]
             self.worker_generate_s += stats["generate_s"]
             self.worker_environment_s += stats["environment_s"]
@@ -116,9 +119,9 @@ class RolloutCoordinator:
             self.log(f"rollout worker {worker_id} failed:\n{message[1]}")
 
     def _recover(self, worker_id: int) -> None:
-        _, orders = self._assigned.pop(worker_id, (None, []))
+        held = self._assigned.pop(worker_id, {})
         lost = 0
-        for order in orders:
+        for order in (order for orders in held.values() for order in orders):
             for episode_id in order.episode_ids:
                 before = self.buffer.accounting.lost
                 self.buffer.mark_lost(order.group_id, episode_id)
@@ -135,32 +138,41 @@ class RolloutCoordinator:
     def _dispatch(self) -> None:
         if not self.dispatch_enabled:
             return
-        for worker_id in sorted(self._ready - set(self._assigned)):
-            groups = self.groups_per_order
-            if self.round_budget is not None:
-                groups = min(groups, self.round_budget)
-            if groups <= 0 or self.buffer.room() < groups:
-                self._release_hold()
-                return
-            if not self._admits(groups):
-                if self._held_since is None:
-                    self._held_since = time.monotonic()
-                return
+        # Idle workers first, then workers holding one order, and so on up to orders_in_flight.
+        for held in range(self.orders_in_flight):
+            for worker_id in sorted(self._ready):
+                if len(self._assigned.get(worker_id, {})) == held and not self._dispatch_one(worker_id):
+                    return
+
+    def _dispatch_one(self, worker_id: int) -> bool:
+        """Send ``worker_id`` one order if the budget, the buffer's room and the staleness rule
+        allow it; False when they do not (no other worker gets one either)."""
+        groups = self.groups_per_order
+        if self.round_budget is not None:
+            groups = min(groups, self.round_budget)
+        if groups <= 0 or self.buffer.room() < groups:
             self._release_hold()
-            order_key = f"{self.order_prefix}o{self._orders_sent}"
-            orders = []
-            for g in range(groups):
-                group_id = f"{order_key}g{g}"
-                episode_ids = tuple(f"{group_id}e{i}" for i in range(self.buffer.group_size))
-                task_index = int(self._rng.integers(self.num_tasks))
-                orders.append(GroupOrder(group_id, task_index, episode_ids,
-                                         seed=self._seed * 1_000_003 + self._orders_sent * 101 + g))
-                self.buffer.expect(group_id, list(episode_ids))
-            self.pool.send(worker_id, order_key, orders)
-            self._assigned[worker_id] = (order_key, orders)
-            self._orders_sent += 1
-            if self.round_budget is not None:
-                self.round_budget -= groups
+            return False
+        if not self._admits(groups):
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+            return False
+        self._release_hold()
+        order_key = f"{self.order_prefix}o{self._orders_sent}"
+        orders = []
+        for g in range(groups):
+            group_id = f"{order_key}g{g}"
+            episode_ids = tuple(f"{group_id}e{i}" for i in range(self.buffer.group_size))
+            task_index = int(self._rng.integers(self.num_tasks))
+            orders.append(GroupOrder(group_id, task_index, episode_ids,
+                                     seed=self._seed * 1_000_003 + self._orders_sent * 101 + g))
+            self.buffer.expect(group_id, list(episode_ids))
+        self.pool.send(worker_id, order_key, orders)
+        self._assigned.setdefault(worker_id, {})[order_key] = orders
+        self._orders_sent += 1
+        if self.round_budget is not None:
+            self.round_budget -= groups
+        return True
 
     def _admits(self, groups: int) -> bool:
         if not self.staleness_at_admission or self.groups_per_batch is None:
@@ -176,9 +188,10 @@ class RolloutCoordinator:
 
     def outstanding_by_worker(self) -> dict[int, list[str]]:
         """Episode ids each busy worker still owes (call with ``lock`` held)."""
-        return {worker_id: [e for order in orders for e in order.episode_ids
-                            if (order.group_id, e) in self._outstanding()]
-                for worker_id, (_, orders) in self._assigned.items()}
+        outstanding = self._outstanding()
+        return {worker_id: [e for orders in held.values() for order in orders for e in order.episode_ids
+                            if (order.group_id, e) in outstanding]
+                for worker_id, held in self._assigned.items() if held}
 
     def _outstanding(self) -> set[tuple[str, str]]:
         return set(self.buffer.outstanding_episodes())

@@ -81,6 +81,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.weight_sync.streams < 1 or config.weight_sync.timeout_s <= 0:
         raise ValueError(f"weight_sync.streams={config.weight_sync.streams} must be >= 1 and "
                          f"weight_sync.timeout_s={config.weight_sync.timeout_s} > 0")
+    sampler = config.get("sampler") or {}
+    in_flight = sampler.get("orders_in_flight", 1)
+    if in_flight < 1:
+        raise ValueError(f"sampler.orders_in_flight={in_flight} must be >= 1")
+    if in_flight > 1 and sampler.get("kind", "batch") != "continuous":
+        raise ValueError(f"sampler.orders_in_flight={in_flight} needs sampler.kind='continuous' (a "
+                         f"batch sampler runs one order at a time), not {sampler.get('kind', 'batch')!r}")
     validate_placement(config)
 
 
@@ -146,7 +153,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, log: Callable[
                                              log, order_prefix=f"r{resumes}",
                                              lock_step=config.mode == "sync",
                                              groups_per_batch=config.groups_per_batch,
-                                             sync_every=config.sync_every)
+                                             sync_every=config.sync_every,
+                                             orders_in_flight=config.sampler.get("orders_in_flight", 1))
             pool.start_all()
             coordinator.wait_until_ready(config.num_workers, config.worker_start_timeout_s)
             log(f"{config.num_workers} rollout workers ready ({config.backend} backend); "

@@ -32,13 +32,7 @@ def worker_process_main(worker_id: int, conn: Connection, config_json: str, laun
         slot = configure_worker_process(worker_id, config, launch)
         worker = RolloutWorker(worker_id, config, launch, slot)
         conn.send(("ready", worker.warm_up()))
-        while True:
-            message = conn.recv()
-            if message[0] == "stop":
-                break
-            _, order_key, orders = message
-            stats = worker.run(orders, lambda trajectory: conn.send(("trajectory", trajectory)))
-            conn.send(("order_done", order_key, stats))
+        worker.serve(lambda block: conn.recv() if block or conn.poll() else None, conn.send)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the coordinator went away
     except BaseException:  # noqa: BLE001 - report anything, then die

@@ -1,10 +1,12 @@
 """Ray backend: each rollout worker is a Ray actor, for workers that span hosts.
 
 The same ``RolloutWorker`` runs inside the actor; only the transport differs from the local
-process pool. An order is a streaming generator call: the actor yields each trajectory when
-its episode ends and then ("order_done", ...), so the coordinator sees exactly the messages
-it sees from a local process. A dead actor (SIGKILL, node loss) surfaces as an error on its
-pending call and is reported in ``poll``'s dead list, then restarted by the coordinator.
+process pool. Each actor has one streaming generator call for its whole life (``serve``): it
+yields "ready", then each trajectory when its episode ends and ("order_done", ...) when an
+order's last one does, so the coordinator sees exactly the messages it sees from a local
+process; orders go in through ``submit`` calls beside it. A dead actor (SIGKILL, node loss)
+surfaces as an error on its stream, or the stream's end, and is reported in ``poll``'s dead
+list, then restarted by the coordinator.
 
 Each actor asks Ray for its devices (``config.placement``: ``num_gpus`` or ``resources={"TPU":
 k}`` on accelerators, simulated CPU devices otherwise) and receives weights from the learner
@@ -37,30 +39,40 @@ class _RolloutActor:
         config = ml_collections.ConfigDict(json.loads(config_json))
         slot = configure_worker_process(worker_id, config, launch)
         self.worker = RolloutWorker(worker_id, config, launch, slot)
+        self._inbox: queue.Queue = queue.Queue()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def warm_up(self):
+    def serve(self):
+        """The worker's one message stream: "ready" after warm-up, then everything ``serve``
+        sends, for as long as the actor lives (orders come in through ``submit``)."""
         yield ("ready", self.worker.warm_up())
-
-    def run(self, order_key: str, orders: list):
-        messages: queue.Queue = queue.Queue()
+        outbox: queue.Queue = queue.Queue()
         finished = object()
+
+        def receive(block: bool):
+            try:
+                return self._inbox.get(block=block)
+            except queue.Empty:
+                return None
 
         def work() -> None:
             try:
-                stats = self.worker.run(orders, lambda t: messages.put(("trajectory", t)))
-                messages.put(("order_done", order_key, stats))
+                self.worker.serve(receive, outbox.put)
             except BaseException:  # noqa: BLE001 - shipped to the coordinator
                 import traceback
 
-                messages.put(("error", traceback.format_exc()))
-            messages.put(finished)
+                outbox.put(("error", traceback.format_exc()))
+            outbox.put(finished)
 
         threading.Thread(target=work, daemon=True).start()
-        while (message := messages.get()) is not finished:
+        while (message := outbox.get()) is not finished:
             yield message
+
+    def submit(self, order_key: str, orders: list) -> None:
+        """Runs beside ``serve`` (the actor has two threads): the order joins the worker's inbox."""
+        self._inbox.put(("orders", order_key, orders))
 
 
 def _ray():
@@ -111,7 +123,8 @@ class RayWorkerPool:
         self.num_workers = num_workers
         self._config_json = config.to_json()
         self._launch = launch
-        self._actor_class = ray.remote(_RolloutActor)
+        # Two threads: ``serve`` streams for the actor's whole life, ``submit`` hands it orders.
+        self._actor_class = ray.remote(max_concurrency=2)(_RolloutActor)
         self.ready_info: dict[int, dict] = {}  # worker id -> its "ready" message (its placement)
         self._actors: dict[int, Any] = {}
         self._streams: dict[int, Any] = {}  # worker id -> pending ObjectRefGenerator
@@ -125,14 +138,14 @@ class RayWorkerPool:
             worker_id, self._config_json, self._launch)
         self._actors[worker_id] = actor
         self._pids[worker_id] = ray.get(actor.pid.remote())
-        self._streams[worker_id] = actor.warm_up.remote()
+        self._streams[worker_id] = actor.serve.remote()
 
     def start_all(self) -> None:
         for worker_id in range(self.num_workers):
             self.start(worker_id)
 
     def send(self, worker_id: int, order_key: str, orders: list) -> None:
-        self._streams[worker_id] = self._actors[worker_id].run.remote(order_key, orders)
+        self._actors[worker_id].submit.remote(order_key, orders)
 
     def poll(self, timeout: float) -> tuple[list[tuple[int, tuple]], list[int]]:
         ray = _ray()
@@ -149,8 +162,9 @@ class RayWorkerPool:
             while True:
                 try:
                     ref = next(stream)  # ready: this does not block
-                except StopIteration:
+                except StopIteration:  # a worker's stream ends only when its serve loop failed
                     self._streams.pop(worker_id, None)
+                    dead.append(worker_id)
                     break
                 try:
                     message = ray.get(ref)

@@ -2,8 +2,8 @@
 actor): the task suite, environments, a sandbox pool, the sampler, its own devices and mesh,
 and the policy it receives from the learner.
 
-The transport layer calls ``run`` with a list of ``GroupOrder``s and an ``emit`` callback;
-everything above that line is shared by both backends. ``launch`` is what the learner tells a
+The transport layer calls ``serve`` with its ``receive`` and ``send`` (orders in, trajectories
+and order reports out); everything above that line is shared by both backends. ``launch`` is what the learner tells a
 worker when it starts it (``worker_launch``): the learner processes' weight-sync addresses and
 the platform; the worker derives its own devices from ``config.placement`` and its id.
 """
@@ -115,6 +115,38 @@ class RolloutWorker:
                            refresh_each_turn=self.config.refresh_weights_each_turn,
                            max_context=self.config.seq_len)
         return {**dataclasses.asdict(stats), "policy_load_s": self.policy.load_seconds}
+
+    def serve(self, receive: Callable[[bool], tuple | None], send: Callable[[tuple], None]) -> None:
+        """Take orders from the coordinator until it says stop, sending back every trajectory
+        when its episode ends and ``("order_done", order_key, stats)`` when an order's last one
+        does. ``receive(block)`` is the coordinator's next message (``("orders", key, orders)``
+        or ``("stop",)``; None when ``block`` is False and nothing waits).
+
+        With the continuous sampler an order that arrives while others run joins their batch
+        (the coordinator sends up to ``config.sampler.orders_in_flight``); with the batch
+        sampler orders run one after another."""
+        from glm5_jax.rl.continuous_rollout import ContinuousRollout
+
+        emit = lambda trajectory: send(("trajectory", trajectory))  # noqa: E731
+        if not hasattr(self.sampler, "batcher"):
+            while (message := receive(True))[0] != "stop":
+                _, order_key, orders = message
+                send(("order_done", order_key, self.run(orders, emit)))
+            return
+        rollout = ContinuousRollout(self.make_env, self.policy, self.sampler, self.sandbox, self.tokenizer,
+                                    emit, self.worker_id, self.config.refresh_weights_each_turn,
+                                    self.config.seq_len)
+        while True:
+            message = receive(rollout.idle)  # block only when nothing runs
+            while message is not None:
+                if message[0] == "stop":
+                    return
+                _, order_key, orders = message
+                rollout.add(order_key, orders)
+                message = receive(False)
+            for order_key, stats in rollout.step():
+                send(("order_done", order_key,
+                      {**dataclasses.asdict(stats), "policy_load_s": self.policy.load_seconds}))
 
     def close(self) -> None:
         self.policy.close()
