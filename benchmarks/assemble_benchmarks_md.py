@@ -30,7 +30,7 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("weight-sync", "weight sync", ("weight_sync.md", "weight_sync_notes.md")),
     ("sweeps", "sweeps", ("sweep_tiny.md",)),
     ("agentic-rl", "agentic RL", ("rl.md", "rl_decoupled.md", "rl_staleness1.md", "rl_debug.md",
-                                  "rl_notes.md", "rl_pretrained.md")),
+                                  "rl_notes.md", "rl_pretrained.md", "rl_orders_in_flight.md")),
     # The paper's tables (python -m glm5_jax.reproduce NAME --scale=cpu --fragment=...).
     ("repro-cost", "paper: cost", ("repro_cost.md", "repro_cost_notes.md")),
     ("repro-long-context", "paper: long context", ("repro_long_context.md", "repro_long_context_notes.md")),
