@@ -148,3 +148,23 @@ def test_command_line_lists_the_tables_and_refuses_bad_input(tmp_path):
         result = _cli(*args)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pod_table_reads_the_planners_json_keys():
+    """The pod table's planner columns come from the keys ``glm5_jax.plan --json`` writes
+    (``Plan.to_json``): a renamed key there must not leave a column silently empty."""
+    from glm5_jax.reproduce.pod import planner_columns
+
+    planned = {"fits": True, "peak_bytes_per_device": 3 * 2**30, "worst_stage": "sparse",
+               "step_seconds": 235.0, "mfu": 0.006,
+               "stages": {"dense": {"step_seconds": 235.0}, "dense_warmup": {"step_seconds": None},
+                          "sparse": {"step_seconds": 11.8}}}
+    assert planner_columns(planned) == {"fits": True, "peak_gib": 3.0, "worst_stage": "sparse", "step_s": 235.0,
+                                        "mfu": 0.006, "stage_step_s": "dense 235 / sparse 11.8"}
+    import inspect
+
+    from glm5_jax.plan.planner import Plan
+
+    written = inspect.getsource(Plan.to_json)
+    for key in ("peak_bytes_per_device", "worst_stage", "step_seconds", "mfu", "stages"):
+        assert f'"{key}"' in written, key

@@ -44,8 +44,9 @@ class Context:
     def command(self) -> str:
         """The command that reproduces this table."""
         extra = "".join(f" --table.{a}" for a in self.table_assignments)
+        plan = " --plan" if self.run_planner else ""
         return (f"python -m glm5_jax.reproduce {self.name} --scale={self.scale} "
-                f"--workdir={self.workdir}{extra}")
+                f"--workdir={self.workdir}{plan}{extra}")
 
     def provenance(self, started: float, commit: str | None) -> dict[str, Any]:
         """Where the table's numbers come from and what the machine was doing."""

@@ -29,7 +29,8 @@ PLAN_TIMEOUT_S = 3600
 COLUMNS = [("row", "row"), ("topology", "topology"), ("total_params", "parameters"),
            ("active_params", "active params/token"), ("train_flops_formula", "train FLOPs/token (formula)"),
            ("fits", "fits (planner)"), ("peak_gib", "peak GiB/chip (planner)"),
-           ("step_s", "roofline step s (planner)"), ("mfu", "roofline MFU (planner)")]
+           ("worst_stage", "largest stage (planner)"), ("step_s", "roofline step s, slowest stage (planner)"),
+           ("mfu", "roofline MFU, slowest stage (planner)"), ("stage_step_s", "roofline step s by stage (planner)")]
 
 
 def commands(context: Context, name: str, overrides: dict[str, Any], topology: str) -> tuple[list[str], list[str]]:
@@ -52,6 +53,16 @@ def run_planner(plan_command: list[str]) -> dict[str, Any]:
     if not lines:
         return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(lines[-1])
+
+
+def planner_columns(planned: dict[str, Any]) -> dict[str, Any]:
+    """The table's planner columns from ``glm5_jax.plan --json``'s line (``Plan.to_json``)."""
+    stages = planned.get("stages", {})
+    return {"fits": planned.get("fits"), "peak_gib": planned.get("peak_bytes_per_device", 0) / 2**30,
+            "worst_stage": planned.get("worst_stage"), "step_s": planned.get("step_seconds"),
+            "mfu": planned.get("mfu"),
+            "stage_step_s": " / ".join(f"{stage} {values['step_seconds']:.3g}" for stage, values in stages.items()
+                                       if values.get("step_seconds") is not None) or None}
 
 
 def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict, dict]]]) -> Table:
@@ -82,8 +93,7 @@ def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict
             planned = run_planner(plan)
             row["plan"] = planned
             if "error" not in planned:
-                row.update(fits=planned.get("fits"), peak_gib=planned.get("peak_bytes_per_device", 0) / 2**30,
-                           step_s=planned.get("step_s"), mfu=planned.get("mfu"))
+                row.update(planner_columns(planned))
         rows.append(row)
     (pod_dir / "commands.sh").write_text("\n".join(script))
     plot = "pod_flops.png"
