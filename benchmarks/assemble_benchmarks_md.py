@@ -33,7 +33,8 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
                                   "rl_notes.md", "rl_pretrained.md", "rl_orders_in_flight.md")),
     # The paper's tables (python -m glm5_jax.reproduce NAME --scale=cpu --fragment=...).
     ("repro-cost", "paper: cost", ("repro_cost.md", "repro_cost_notes.md")),
-    ("repro-long-context", "paper: long context", ("repro_long_context.md", "repro_long_context_notes.md")),
+    ("repro-long-context", "paper: long context", ("repro_long_context.md", "repro_long_context_notes.md",
+                                                   "repro_long_context_pod.md", "repro_long_context_pod_notes.md")),
     ("repro-code-benchmarks", "paper: code benchmarks",
      ("repro_code_benchmarks.md", "repro_code_benchmarks_notes.md")),
     ("repro-async-rl", "paper: async RL", ("repro_async_rl.md", "repro_async_rl_notes.md")),
