@@ -57,7 +57,11 @@ def main() -> None:
 
     from glm5_jax.eval.pool import SandboxPool
     from glm5_jax.rl.continuous_rollout import ContinuousRollout
-    from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
+    from glm5_jax.rl.experiment_setup import (
+        environment_factory,
+        make_tasks,
+        make_tokenizer,
+    )
     from glm5_jax.rl.policy import policy_model_config
     from glm5_jax.rl.rollout import GroupOrder
     from glm5_jax.rl.rollout_worker import configure_compilation_cache

@@ -12,8 +12,8 @@ import glm5_jax
 from glm5_jax.config import tiny
 from glm5_jax.eval.pool import SandboxPool
 from glm5_jax.rl.buffer import TrajectoryBuffer
-from glm5_jax.rl.continuous_rollout import ContinuousRollout
 from glm5_jax.rl.char_tokenizer import CharTokenizer
+from glm5_jax.rl.continuous_rollout import ContinuousRollout
 from glm5_jax.rl.environments import CodeEnvironment
 from glm5_jax.rl.feedback import label_feedback
 from glm5_jax.rl.rewards import RewardWeights
@@ -130,8 +130,12 @@ def test_an_order_added_while_another_runs_joins_its_batch_and_changes_no_trajec
     expected = {**alone(first), **alone(second)}
     emitted, reports = [], []
     with SandboxPool(workers=2) as pool:
+        # Verdicts in the step that asks for them (an executor with only ``map``): with a
+        # background sandbox, when a verdict lands depends on the host's load, and so would
+        # which order ends first.
+        in_step = type("InStep", (), {"map": staticmethod(pool.map)})()
         rollout = ContinuousRollout(make_env, PublishesMidGeneration(variables, variables, 10**9), sampler,
-                                    pool, TOKENIZER, emitted.append, max_context=MAX_CONTEXT)
+                                    in_step, TOKENIZER, emitted.append, max_context=MAX_CONTEXT)
         rollout.add("A", first)
         reports += rollout.step()  # "A" is decoding when "B" arrives
         assert rollout.live_orders == 1 and sampler.batcher.running

@@ -3,9 +3,10 @@ actor): the task suite, environments, a sandbox pool, the sampler, its own devic
 and the policy it receives from the learner.
 
 The transport layer calls ``serve`` with its ``receive`` and ``send`` (orders in, trajectories
-and order reports out); everything above that line is shared by both backends. ``launch`` is what the learner tells a
-worker when it starts it (``worker_launch``): the learner processes' weight-sync addresses and
-the platform; the worker derives its own devices from ``config.placement`` and its id.
+and order reports out); everything above that line is shared by both backends. ``launch`` is
+what the learner tells a worker when it starts it (``worker_launch``): the learner processes'
+weight-sync addresses and the platform; the worker derives its own devices from
+``config.placement`` and its id.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class RolloutWorker:
         from glm5_jax.eval.limits import SandboxLimits
         from glm5_jax.eval.pool import SandboxPool
         from glm5_jax.model import GLM5Model, logical_partition_specs
-        from glm5_jax.rl.experiment_setup import environment_factory, make_tasks, make_tokenizer
+        from glm5_jax.rl.experiment_setup import (
+            environment_factory,
+            make_tasks,
+            make_tokenizer,
+        )
         from glm5_jax.rl.placement import process_record
         from glm5_jax.rl.policy import policy_model_config
         from glm5_jax.rl.sampler import make_sampler
@@ -127,7 +132,9 @@ class RolloutWorker:
         sampler orders run one after another."""
         from glm5_jax.rl.continuous_rollout import ContinuousRollout
 
-        emit = lambda trajectory: send(("trajectory", trajectory))  # noqa: E731
+        def emit(trajectory: Trajectory) -> None:
+            send(("trajectory", trajectory))
+
         if not hasattr(self.sampler, "batcher"):
             while (message := receive(True))[0] != "stop":
                 _, order_key, orders = message
