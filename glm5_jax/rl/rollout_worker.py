@@ -119,6 +119,10 @@ class RolloutWorker:
                            self.tokenizer, emit, worker_id=self.worker_id,
                            refresh_each_turn=self.config.refresh_weights_each_turn,
                            max_context=self.config.seq_len)
+        return self._order_report(stats)
+
+    def _order_report(self, stats) -> dict[str, Any]:
+        """What ``order_done`` carries: the order's rollout statistics and the policy's load time."""
         return {**dataclasses.asdict(stats), "policy_load_s": self.policy.load_seconds}
 
     def serve(self, receive: Callable[[bool], tuple | None], send: Callable[[tuple], None]) -> None:
@@ -152,8 +156,7 @@ class RolloutWorker:
                 rollout.add(order_key, orders)
                 message = receive(False)
             for order_key, stats in rollout.step():
-                send(("order_done", order_key,
-                      {**dataclasses.asdict(stats), "policy_load_s": self.policy.load_seconds}))
+                send(("order_done", order_key, self._order_report(stats)))
 
     def close(self) -> None:
         self.policy.close()
