@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import glm5_jax
-from glm5_jax.config import tiny
+from glm5_jax.config import MOE_IMPLS, tiny
 from glm5_jax.sample import engine
 from glm5_jax.sample.continuous import ContinuousBatcher, Request
 from glm5_jax.sample.sampling import PolicyKind, make_policy, request_keys
@@ -101,13 +101,12 @@ def run_batch_synchronous(config, variables, requests, slots, temperature=0.0):
 
 
 # transformers ---------------------------------------------------------------------------------
-def load_transformers(config, variables, threads: int):
+def load_transformers(config, variables):
     import torch
     import transformers
     from transformers import GlmMoeDsaForCausalLM
 
     transformers.logging.set_verbosity_error()  # its load report lists the MTP layer it ignores
-    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as directory:
         glm5_jax.save_hf(glm5_jax.GLM5Model(config), variables, directory)
         model = GlmMoeDsaForCausalLM.from_pretrained(directory).eval()
@@ -192,16 +191,19 @@ def table(results: dict[str, dict], reference: str, padded: str, best_transforme
     return lines
 
 
-def measure(config, variables, requests, capacity, slots, hf, steps_per_call, repeats, one_at_a_time):
+def measure(config, variables, requests, capacity, slots, hf, steps_per_call, repeats, one_at_a_time,
+            torch_threads):
     """Every method once to compile / warm up, then ``repeats`` rounds, each running every method
     back to back (so a load spike on the shared host hits all of them alike)."""
     methods = {
         "continuous (ours)": lambda: run_continuous(config, variables, requests, slots, capacity, steps_per_call),
         "batch-synchronous generate (ours)": lambda: run_batch_synchronous(config, variables, requests, slots),
-        padded_name(slots): lambda: run_transformers(hf, requests, slots),
     }
+    for threads in torch_threads:
+        methods[padded_name(slots, threads)] = threaded(threads, lambda: run_transformers(hf, requests, slots))
     if one_at_a_time:
-        methods["transformers generate, one request at a time"] = lambda: run_transformers(hf, requests, 1)
+        methods["transformers generate, one request at a time"] = threaded(
+            torch_threads[0], lambda: run_transformers(hf, requests, 1))
     for fn in methods.values():
         fn()
     runs: dict[str, list[dict]] = {name: [] for name in methods}
@@ -211,8 +213,22 @@ def measure(config, variables, requests, capacity, slots, hf, steps_per_call, re
     return {name: median_of(r) for name, r in runs.items()}
 
 
-def padded_name(slots: int) -> str:
-    return f"transformers generate, padded batches of {slots}"
+def padded_name(slots: int, threads: int) -> str:
+    return f"transformers generate, padded batches of {slots}, {threads} torch thread(s)"
+
+
+def best_padded(results: dict[str, dict], slots: int, torch_threads: list[int]) -> str:
+    """transformers' fastest thread setting at this concurrency: the paired column's reference."""
+    return max((padded_name(slots, t) for t in torch_threads), key=lambda name: results[name]["tokens_per_s"])
+
+
+def threaded(threads: int, fn):
+    """fn with torch's intra-op thread count set to ``threads`` for its run."""
+    import torch
+
+    def run():
+            return fn()
+    return run
 
 
 def main() -> None:
@@ -222,13 +238,17 @@ def main() -> None:
     parser.add_argument("--slots", default="8,32", help="concurrent rows (comma-separated settings)")
     parser.add_argument("--steps_per_call", type=int, default=8, help="continuous: decode steps per device call")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--torch_threads", type=int, default=1)
+    parser.add_argument("--torch_threads", default="1,2",
+                        help="transformers' intra-op threads, each setting timed (comma-separated)")
+    parser.add_argument("--moe_impl", default="dense", choices=MOE_IMPLS,
+                        help="ours: the routed experts' implementation (the same weights and function)")
     parser.add_argument("--write", default="", help="also write the markdown fragment here")
     args = parser.parse_args()
     prompt_range, new_range = ((4, 24), (4, 24)) if args.quick else ((8, 64), (8, 96))
     requests_count = 8 if args.quick else args.requests
     repeats = 1 if args.quick else args.repeats
-    config = tiny().replace(eos_token_id=None, initializer_range=0.1)
+    config = tiny().replace(eos_token_id=None, initializer_range=0.1, moe_impl=args.moe_impl)
+    torch_threads = [int(t) for t in args.torch_threads.split(",")]
     variables = glm5_jax.init_variables(glm5_jax.GLM5Model(config), jax.random.PRNGKey(0))
     requests = make_requests(requests_count, prompt_range, new_range, config.vocab_size)
     capacity = max(len(r.prompt) + r.max_new_tokens for r in requests)
@@ -236,13 +256,13 @@ def main() -> None:
     header = (f"backend {jax.default_backend()}, jax {jax.__version__}, {os.cpu_count()} cores, load average "
               f"{load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f} (1 / 5 / 15 min) at the start")
     print(header, flush=True)
-    hf = load_transformers(config, variables, args.torch_threads)
+    hf = load_transformers(config, variables)
     settings = [int(s) for s in args.slots.split(",")]
     by_slots: dict[int, dict[str, dict]] = {}
     sampled_same: dict[int, int] = {}
     for slots in settings:
         results = measure(config, variables, requests, capacity, slots, hf, args.steps_per_call, repeats,
-                          one_at_a_time=slots == settings[0])
+                          one_at_a_time=slots == settings[0], torch_threads=torch_threads)
         by_slots[slots] = results
         sampled_same[slots] = same_rows(
             run_continuous(config, variables, requests, slots, capacity, args.steps_per_call, 1.0),
@@ -255,7 +275,7 @@ def main() -> None:
               "the ratios below are against it.")]
     for slots, results in by_slots.items():
         lines += [f"\n### {len(requests)} requests, at most {slots} at once\n",
-                  *table(results, "continuous (ours)", padded_name(slots), best_rate),
+                  *table(results, "continuous (ours)", best_padded(results, slots, torch_threads), best_rate),
                   (f"\nContinuous / batch-synchronous tokens/s, same round: median "
                    f"{paired_ratio(results, 'continuous (ours)', 'batch-synchronous generate (ours)'):.2f}x."),
                   (f"\nSampled (temperature 1, per-request seeds): continuous and batch-synchronous drew the "
@@ -278,8 +298,9 @@ def write_fragment(path, header, lines, footer, requests, prompt_range, new_rang
         "",
         f"    {command}",
         "",
-        (f"Machine: {header}. Model: the `tiny` preset (random weights, `initializer_range=0.1`, float32), "
-         f"the same weights in transformers (`save_hf` -> `GlmMoeDsaForCausalLM`, {args.torch_threads} torch "
+        (f"Machine: {header}. Model: the `tiny` preset (random weights, `initializer_range=0.1`, float32; ours "
+         f"with `moe_impl={args.moe_impl}`), "
+         f"the same weights in transformers (`save_hf` -> `GlmMoeDsaForCausalLM`, timed at {args.torch_threads} torch "
          f"thread(s)). {len(requests)} requests submitted together: prompt lengths {prompt_range[0]}-{prompt_range[1]} "
          f"tokens, `max_new_tokens` {new_range[0]}-{new_range[1]} (seeded draws; "
          f"{sum(r.max_new_tokens for r in requests)} tokens in all), greedy, EOS off. Continuous batching runs "

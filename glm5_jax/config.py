@@ -18,7 +18,7 @@ MLP_LAYER_TYPES = ("dense", "sparse")
 INDEXER_TYPES = ("full", "shared")
 ROUTER_MODES = ("static", "dynamic")
 ATTENTION_IMPLS = ("masked_dense", "gather", "pallas")
-MOE_IMPLS = ("ragged_dot", "pallas", "blocked")
+MOE_IMPLS = ("ragged_dot", "pallas", "blocked", "dense")
 # What a scanned block keeps for the backward pass (glm5_jax/model/remat.py says each).
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_offload")
 # How tokens reach their experts' devices under a mesh (glm5_jax/model/expert_parallel.py).

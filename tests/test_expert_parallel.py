@@ -82,6 +82,17 @@ def test_blocked_experts_are_expert_parallel_too():
         assert relative_error(g, r) <= RTOL
 
 
+def test_dense_experts_are_expert_parallel_too():
+    """moe_impl="dense" on each device's received rows (rows of no expert: zero gates)."""
+    x, weights, ids, w = problem(seed=2)
+    ref_loss, ref_grads = single(x, weights, ids, w)
+    ((out_loss, _), grads), _ = sharded(sharding.make_mesh("fsdp=2,expert=4"), x, weights, ids, w,
+                                        impl="dense")
+    assert relative_error(out_loss, ref_loss) <= RTOL
+    for g, r in zip(grads, ref_grads):
+        assert relative_error(g, r) <= RTOL
+
+
 def expected_drops(ids, token_shards, shards, capacity):
     """The padded transport's rule, restated: per sending device and receiving expert shard,
     rows in (expert, token, slot) order beyond the first ``capacity`` are dropped."""

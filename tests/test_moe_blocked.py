@@ -1,5 +1,6 @@
-"""moe_impl="blocked" (padded blocks of rows) against the ragged_dot reference: the layout on
-hand-made group sizes, the routed experts' values and gradients, and the whole tiny model."""
+"""moe_impl="blocked" (padded blocks of rows) and "dense" (every token through every expert,
+weighted by its gates) against the ragged_dot reference: the layout on hand-made group sizes,
+the routed experts' values and gradients, and the whole tiny model."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def test_layout_pads_each_run_to_whole_blocks():
     np.testing.assert_array_equal(back[14:], 0)
 
 
+@pytest.mark.parametrize("impl", ["blocked", "dense"])
 @pytest.mark.parametrize("seed, drop", [(0, False), (1, True)])
-def test_routed_experts_match_ragged_dot_values_and_gradients(seed, drop):
+def test_routed_experts_match_ragged_dot_values_and_gradients(seed, drop, impl):
     config = get_preset("tiny")
     tokens, k, e = 40, config.num_experts_per_tok, config.n_routed_experts
     rng = np.random.default_rng(seed)
@@ -46,7 +48,7 @@ def test_routed_experts_match_ragged_dot_values_and_gradients(seed, drop):
         ids[::3, -1] = e  # dynamic routing's dropped slots
     ids = jnp.asarray(ids, jnp.int32)
     reference = RoutedExperts(config)
-    blocked = RoutedExperts(config.replace(moe_impl="blocked"))
+    blocked = RoutedExperts(config.replace(moe_impl=impl))
     params = reference.init(jax.random.PRNGKey(seed), x, weights, ids)
 
     def loss(module, p, x, w):
@@ -63,10 +65,11 @@ def test_routed_experts_match_ragged_dot_values_and_gradients(seed, drop):
     assert float(jnp.max(jnp.abs(want))) > 0
 
 
-def test_tiny_model_logits_match():
+@pytest.mark.parametrize("impl", ["blocked", "dense"])
+def test_tiny_model_logits_match(impl):
     config = get_preset("tiny")
     ids = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 40)), jnp.int32)
     variables = init_variables(GLM5Model(config), jax.random.PRNGKey(0))
     want = jax.jit(GLM5Model(config).apply)(variables, ids)
-    got = jax.jit(GLM5Model(config.replace(moe_impl="blocked")).apply)(variables, ids)
+    got = jax.jit(GLM5Model(config.replace(moe_impl=impl)).apply)(variables, ids)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # 5 layers + head: logits ~1, f32

@@ -1,6 +1,7 @@
 """Continuous batching: requests joining and leaving a running batch draw exactly what batch
-generation draws for the same (seed, index); weights swapped between decode steps are recorded
-per token and take over the running requests' caches; no program is compiled twice.
+generation draws for the same (seed, index), also when the decode batch shrinks to the running
+requests; weights swapped between decode steps are recorded per token and take over the running
+requests' caches; no program is compiled twice.
 
 Six requests of mixed prompt lengths (3 to 30 tokens, so rows start both below and above
 index_topk=8) and mixed max_new_tokens share 3 slots, so slots are refilled while others run.
@@ -60,6 +61,31 @@ def test_continuous_batching_draws_what_batch_generation_draws(setup, temperatur
     if temperature:  # the seed matters: another seed draws other tokens
         other = batcher(variables, temperature).run(requests(prompts, seed=SEED + 1))
         assert [c.token_ids for c in other] != [c.token_ids for c in completions]
+
+
+def test_the_decode_batch_shrinks_to_the_running_requests_and_draws_the_same(setup):
+    """8 slots, decode programs for the first 1, 2, 4 or 8 of them: as requests finish, each
+    chunk runs the smallest prefix holding the running ones, and requests left beyond it move
+    down first. Sampled tokens and log-probs are those of the full-width batcher, chunk by
+    chunk, and of batch generation."""
+    variables, prompts = setup
+    max_new = (14, 3, 12, 5, 10, 18)
+    reference = run_batch(CONFIG, variables, prompts, max(max_new), temperature=1.0, seed=SEED).generations
+    full = ContinuousBatcher(CONFIG, 8, CAPACITY, 1.0, steps_per_call=2, min_rows=8)
+    shrinking = ContinuousBatcher(CONFIG, 8, CAPACITY, 1.0, steps_per_call=2, min_rows=1)
+    assert (full.row_buckets, shrinking.row_buckets) == ([8], [1, 2, 4, 8])
+    results = {}
+    for b in (full, shrinking):
+        b.set_weights(variables, 0)
+        results[id(b)] = b.run(requests(prompts, max_new=max_new))
+    moved = shrinking.decode_calls_by_rows
+    # 6 running -> 8 rows until 4 remain, ... down to request 5 alone (it started in slot 5).
+    assert set(moved) == {8, 4, 2, 1} and full.decode_calls_by_rows.keys() == {8}
+    assert sum(moved.values()) == sum(full.decode_calls_by_rows.values())
+    for got, want, expected, n in zip(results[id(shrinking)], results[id(full)], reference, max_new):
+        assert got.token_ids == want.token_ids == expected.token_ids[:n]
+        assert relative_error(got.logprobs, want.logprobs) <= LOGPROB_RTOL
+    assert shrinking.idle and not shrinking._running
 
 
 def test_slots_sharded_over_a_mesh_draw_what_one_device_draws(setup):
@@ -145,6 +171,13 @@ def test_requests_come_and_go_without_recompiling(setup):
     b.run(requests(prompts[::-1], max_new=MAX_NEW[::-1], seed=SEED + 1))
     # Per prompt bucket one admission of a lone request and one of admit_rows; one decode chunk.
     assert (b._admit._cache_size(), b._decode._cache_size()) == sizes == (2 * len(b.buckets()), 1)
+    shrinking = batcher(variables, 1.0, min_rows=1)  # decode chunks for 3 rows (b's) and 1, one move program
+    shrinking.warm_up()
+    sizes = (shrinking._decode._cache_size(), shrinking._move._cache_size())
+    shrinking.run(requests(prompts))
+    assert shrinking.row_buckets == [1, 3]
+    assert (shrinking._decode._cache_size(), shrinking._move._cache_size()) == sizes == (2, 1)
+    assert shrinking.decode_calls_by_rows[1] > 0
 
 
 def test_requests_that_cannot_fit_are_refused(setup):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm5_jax.sample.acceptance import verify_drafts
-from glm5_jax.sample.sampling import PolicyKind, choose, make_policy, policy_logits
+from glm5_jax.sample.sampling import PolicyKind, choose, first_argmax, make_policy, policy_logits
 from glm5_jax.sample.stop import StopCriteria
 
 
@@ -36,6 +36,16 @@ def test_choose_returns_policy_logprob_and_greedy_returns_model_logprob():
     token, logprob = choose(logits, p, kind, jax.random.split(jax.random.PRNGKey(0), 1))
     expected = {0: np.log(0.5 / 0.8), 2: np.log(0.3 / 0.8)}
     assert np.isclose(float(logprob[0]), expected[int(token[0])], atol=1e-6)
+
+
+def test_first_argmax_is_argmax_with_ties_and_nans():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(-3, 4, size=(64, 50)).astype(np.float32)  # many tied maxima per row
+    logits[5, 7] = logits[9, 0] = logits[9, 49] = np.nan
+    logits[11] = -np.inf
+    got = np.asarray(jax.jit(first_argmax)(jnp.asarray(logits)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
+    assert got[5] == 7 and got[9] == 0 and got[11] == 0 and got.dtype == np.int32
 
 
 def test_greedy_verification_keeps_the_agreeing_prefix():

@@ -43,6 +43,11 @@ def local_expert_mlp(rows: jax.Array, group_sizes: jax.Array, wi_gate: jax.Array
                      wi_up: jax.Array, wo: jax.Array, impl: str) -> jax.Array:
     """SwiGLU experts on rows sorted by expert: rows [m, d], group_sizes [E_local] (rows past
     their sum belong to no expert and come out 0), weights [E_local, d, f] / [E_local, f, d]."""
+    if impl == "dense":
+        ends = jnp.cumsum(group_sizes)
+        expert = jnp.searchsorted(ends, jnp.arange(rows.shape[0]), side="right")  # E_local: no expert
+        return all_experts_mlp(rows, jax.nn.one_hot(expert, wi_gate.shape[0], dtype=rows.dtype),
+                               wi_gate, wi_up, wo)
     if impl == "blocked":
         from glm5_jax.model.blocked_experts import block_layout
 
@@ -63,6 +68,17 @@ def local_expert_mlp(rows: jax.Array, group_sizes: jax.Array, wi_gate: jax.Array
     return matmul(hidden, wo)
 
 
+def all_experts_mlp(x: jax.Array, gates: jax.Array, wi_gate: jax.Array, wi_up: jax.Array,
+                    wo: jax.Array) -> jax.Array:
+    """``moe_impl="dense"``: every row through every expert, each output scaled by the row's gate
+    for it (0 for experts it did not pick): x [n, d], gates [n, E] -> [n, d]. E / k times the
+    routed FLOPs, but three matmuls and no sort, gather or scatter: the fastest form when rows
+    and experts are few (a small model's decode on CPU), the wrong one at scale."""
+    hidden = (jax.nn.silu(jnp.einsum("nd,edf->nef", x, wi_gate))
+              * jnp.einsum("nd,edf->nef", x, wi_up))
+    return jnp.einsum("nef,efd->nd", hidden * gates[..., None].astype(hidden.dtype), wo)
+
+
 def sorted_rows(x: jax.Array, expert_ids: jax.Array, num_experts: int):
     """(order, rows sorted by expert [n * k, d], their ids, rows per expert [E])."""
     k = expert_ids.shape[1]
@@ -81,6 +97,10 @@ def combine(out_rows: jax.Array, order: jax.Array, weights: jax.Array) -> jax.Ar
 
 def routed_experts_single(x, weights, expert_ids, wi_gate, wi_up, wo, impl):
     """One device, every expert local: x [n, d], weights/expert_ids [n, k] -> [n, d]."""
+    if impl == "dense":  # no sort: each token's gates over all experts (ids == E: dropped, gate 0)
+        gates = jnp.einsum("nk,nke->ne", weights.astype(x.dtype),
+                           jax.nn.one_hot(expert_ids, wi_gate.shape[0], dtype=x.dtype))
+        return all_experts_mlp(x, gates, wi_gate, wi_up, wo)
     order, rows, _, counts = sorted_rows(x, expert_ids, wi_gate.shape[0])
     return combine(local_expert_mlp(rows, counts, wi_gate, wi_up, wo, impl), order, weights)
 
