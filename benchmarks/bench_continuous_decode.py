@@ -65,9 +65,9 @@ def summary(tokens: list[list[int]], first_s, done_s, start: float) -> dict:
 
 
 # Ours -----------------------------------------------------------------------------------------
-def run_continuous(config, variables, requests, slots, capacity, steps_per_call, temperature=0.0):
+def run_continuous(config, variables, requests, slots, capacity, steps_per_call, temperature=0.0, min_rows=4):
     batcher = ContinuousBatcher(config, slots, capacity, temperature, eos_token_id=None,
-                                steps_per_call=steps_per_call)
+                                steps_per_call=steps_per_call, min_rows=min_rows)
     batcher.set_weights(variables, 0)
     start = time.perf_counter()
     completions = batcher.run(requests)
@@ -192,11 +192,12 @@ def table(results: dict[str, dict], reference: str, padded: str, best_transforme
 
 
 def measure(config, variables, requests, capacity, slots, hf, steps_per_call, repeats, one_at_a_time,
-            torch_threads):
+            torch_threads, min_rows):
     """Every method once to compile / warm up, then ``repeats`` rounds, each running every method
     back to back (so a load spike on the shared host hits all of them alike)."""
     methods = {
-        "continuous (ours)": lambda: run_continuous(config, variables, requests, slots, capacity, steps_per_call),
+        "continuous (ours)": lambda: run_continuous(config, variables, requests, slots, capacity, steps_per_call,
+                                                    min_rows=min_rows),
         "batch-synchronous generate (ours)": lambda: run_batch_synchronous(config, variables, requests, slots),
     }
     for threads in torch_threads:
@@ -240,6 +241,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch_threads", default="1,2",
                         help="transformers' intra-op threads, each setting timed (comma-separated)")
+    parser.add_argument("--min_rows", type=int, default=4,
+                        help="continuous: the smallest decode batch it shrinks to (--min_rows=SLOTS: never)")
     parser.add_argument("--moe_impl", default="dense", choices=MOE_IMPLS,
                         help="ours: the routed experts' implementation (the same weights and function)")
     parser.add_argument("--write", default="", help="also write the markdown fragment here")
@@ -262,10 +265,10 @@ def main() -> None:
     sampled_same: dict[int, int] = {}
     for slots in settings:
         results = measure(config, variables, requests, capacity, slots, hf, args.steps_per_call, repeats,
-                          one_at_a_time=slots == settings[0], torch_threads=torch_threads)
+                          one_at_a_time=slots == settings[0], torch_threads=torch_threads, min_rows=args.min_rows)
         by_slots[slots] = results
         sampled_same[slots] = same_rows(
-            run_continuous(config, variables, requests, slots, capacity, args.steps_per_call, 1.0),
+            run_continuous(config, variables, requests, slots, capacity, args.steps_per_call, 1.0, args.min_rows),
             run_batch_synchronous(config, variables, requests, slots, 1.0))
         print(f"slots {slots} done", flush=True)
     hf_rates = {(slots, name): r["tokens_per_s"] for slots, results in by_slots.items()
@@ -304,7 +307,8 @@ def write_fragment(path, header, lines, footer, requests, prompt_range, new_rang
          f"thread(s)). {len(requests)} requests submitted together: prompt lengths {prompt_range[0]}-{prompt_range[1]} "
          f"tokens, `max_new_tokens` {new_range[0]}-{new_range[1]} (seeded draws; "
          f"{sum(r.max_new_tokens for r in requests)} tokens in all), greedy, EOS off. Continuous batching runs "
-         f"{args.steps_per_call} decode steps per device call. Tokens/s counts each request's own tokens over the "
+         f"{args.steps_per_call} decode steps per device call and shrinks its decode batch down to "
+         f"{args.min_rows} rows as requests finish. Tokens/s counts each request's own tokens over the "
          "time until the last request is done (prefill included); TTFT and latency are measured from the moment "
          f"all requests were submitted. Every number is the median of {repeats} timed rounds after a warm-up "
          "round; each round runs every method back to back."),
