@@ -169,8 +169,9 @@ def test_requests_come_and_go_without_recompiling(setup):
     b.run(requests(prompts))
     b.set_weights(perturbed(variables), version=1)  # new weights: an argument, not a constant
     b.run(requests(prompts[::-1], max_new=MAX_NEW[::-1], seed=SEED + 1))
-    # Per prompt bucket one admission of a lone request and one of admit_rows; one decode chunk.
-    assert (b._admit._cache_size(), b._decode._cache_size()) == sizes == (2 * len(b.buckets()), 1)
+    # Per prompt bucket one admission per width (1, 2 and admit_rows = 3 rows); one decode chunk.
+    assert b.admit_widths == [1, 2, 3]
+    assert (b._admit._cache_size(), b._decode._cache_size()) == sizes == (3 * len(b.buckets()), 1)
     shrinking = batcher(variables, 1.0, min_rows=1)  # decode chunks for 3 rows (b's) and 1, one move program
     shrinking.warm_up()
     sizes = (shrinking._decode._cache_size(), shrinking._move._cache_size())

@@ -3,8 +3,8 @@
 The batch has a fixed number of *slots* (rows), each with its own range of the latent cache, so
 two compiled program families serve every request mix without recompiling:
 
-* ``admit`` (one compilation per prompt-length bucket, for one row and for ``admit_rows``
-  rows): prefill prompts, write each one's cache into its slot and its first token into that
+* ``admit`` (one compilation per prompt-length bucket and admit width: 1, 2, 4, ... up to
+  ``admit_rows`` rows, so a few requests waiting together pad to a few rows): prefill prompts, write each one's cache into its slot and its first token into that
   slot's row; the other slots are untouched. The same program *refills* a running slot's cache
   from its context (prompt + tokens so far) without touching its tokens, which is how new
   weights take over a running request.
@@ -257,6 +257,9 @@ class ContinuousBatcher:
         self.steps_per_call = steps_per_call
         self.prompt_bucket = prompt_bucket
         self.admit_rows = max(1, min(admit_rows, slots))
+        # Prefill widths: a group of n waiting requests pads to the smallest that holds it.
+        self.admit_widths = sorted({1 << i for i in range(self.admit_rows.bit_length()) if 1 << i < self.admit_rows}
+                                   | {self.admit_rows})
         # Decode programs for the first `rows` slots: slots, slots // 2, ... down to min_rows (one
         # device only: a prefix of slots split over a mesh would leave its shards uneven).
         self.row_buckets = [slots] if mesh is not None else sorted(
@@ -369,7 +372,7 @@ class ContinuousBatcher:
             raise RuntimeError("warm_up needs an idle batcher")
         request = Request([0], 1)
         for bucket in self.buckets():
-            for rows in {1, self.admit_rows}:
+            for rows in self.admit_widths:
                 self._write_slots([(slot, [0] * bucket, request) for slot in range(rows)], refill=False)
         with mesh_context(self.mesh):
             for rows in self.row_buckets:
@@ -421,12 +424,12 @@ class ContinuousBatcher:
         return admitted
 
     def _write_slots(self, rows: list[tuple[int, list[int], Request]], refill: bool) -> None:
-        """Prefill (slot, tokens, request) rows: groups of ``admit_rows`` (a single row alone),
+        """Prefill (slot, tokens, request) rows: groups of ``admit_rows`` (padded to an admit width),
         shortest first, so a group pads to a bucket close to each of its rows."""
         rows = sorted(rows, key=lambda row: len(row[1]))
         while rows:
             group, rows = rows[:self.admit_rows], rows[self.admit_rows:]
-            width = 1 if len(group) == 1 else self.admit_rows
+            width = next(w for w in self.admit_widths if w >= len(group))
             bucket = next(b for b in self.buckets() if b >= max(len(tokens) for _, tokens, _ in group))
             prompts = np.zeros((width, bucket), np.int32)
             lengths = np.ones((width,), np.int32)
