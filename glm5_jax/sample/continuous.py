@@ -1,24 +1,25 @@
 """Continuous batching: requests join and leave a running decode batch, weights change between steps.
 
 The batch has a fixed number of *slots* (rows), each with its own range of the latent cache, so
-two compiled program families serve every request mix without recompiling:
+three compiled program families serve every request mix without recompiling:
 
 * ``admit`` (one compilation per prompt-length bucket and admit width: 1, 2, 4, ... up to
-  ``admit_rows`` rows, so a few requests waiting together pad to a few rows): prefill prompts, write each one's cache into its slot and its first token into that
-  slot's row; the other slots are untouched. The same program *refills* a running slot's cache
-  from its context (prompt + tokens so far) without touching its tokens, which is how new
-  weights take over a running request.
+  ``admit_rows`` rows, so a few requests waiting together pad to a few rows): prefill prompts,
+  write each one's cache into its slot and its first token into that slot's row; the other
+  slots are untouched. The same program *refills* a running slot's cache from its context
+  (prompt + tokens so far) without touching its tokens, which is how new weights take over a
+  running request.
 * ``decode_chunk`` (one compilation per row bucket): up to ``steps`` plain decode steps over the
   first ``rows`` slots; a slot that is free or finished does not advance (an active mask,
   ``DecodeState.done``), and each slot stops at its own ``max_new_tokens`` or EOS. A decode
   step costs per row, so when fewer requests run than there are slots (the queue is empty) the
   batch shrinks to the smallest bucket (slots, slots / 2, ... down to ``min_rows``) holding
-  them; ``move_slots`` first moves requests sitting beyond it into free slots below. At 32
-  slots draining 32 requests of 8-96 new tokens this cut wall time ~10%
-  (benchmarks/bench_continuous_decode.py).
+  them; ``move_slots`` (the third program) first moves requests sitting beyond it into free
+  slots below. Draining 32 requests of 8-96 new tokens from 32 slots, this served 1.11x the
+  tokens/s (BENCHMARKS.md#continuous-batching).
 
 Python drives the loop between calls: fill free slots from the queue, run a chunk, hand back
-what finished, and swap weights when asked (they are an argument of both programs, so a new
+what finished, and swap weights when asked (they are an argument of the programs, so a new
 version costs a transfer, never a compile). Every emitted token is recorded with the version of
 the weights that sampled it. Sampling keys depend on the request ``(seed, index)`` and the
 token's index only (``sampling.request_keys``), so a request draws the same tokens here as row
@@ -160,15 +161,15 @@ def _decode_chunk(variables: dict, state: SlotState, policy: Policy, steps: jax.
                   kind: PolicyKind, indexer_mode: str, rows: int | None = None) -> SlotState:
     """Up to ``steps`` decode steps (fewer if all are done) over the first ``rows`` slots (None:
     every slot); the other slots are untouched."""
-    slots = state.max_new.shape[0]
-    part = state if rows in (None, slots) else _map_slots(
-        state, lambda x, axis: x if axis is None else jax.lax.slice_in_dim(x, 0, rows, axis=axis))
-    decode = decode_loop(variables, part.decode, policy._replace(max_new_tokens=part.max_new),
-                         part.decode.step + steps, config=config, kind=kind, indexer_mode=indexer_mode)
-    part = part._replace(decode=decode)
-    if part is not state and rows not in (None, slots):
-        part = _merge_prefix(state, part)
-    return _keep_slots_sharded(part)
+    def run(part: SlotState) -> SlotState:
+        decode = decode_loop(variables, part.decode, policy._replace(max_new_tokens=part.max_new),
+                             part.decode.step + steps, config=config, kind=kind, indexer_mode=indexer_mode)
+        return part._replace(decode=decode)
+
+    if rows in (None, state.max_new.shape[0]):
+        return _keep_slots_sharded(run(state))
+    prefix = _map_slots(state, lambda x, axis: x if axis is None else jax.lax.slice_in_dim(x, 0, rows, axis=axis))
+    return _keep_slots_sharded(_merge_prefix(state, run(prefix)))
 
 
 def _merge_prefix(state: SlotState, prefix: SlotState) -> SlotState:
