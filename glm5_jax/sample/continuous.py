@@ -205,7 +205,8 @@ def compiled_slot_programs(config: ModelConfig, kind: PolicyKind, indexer_mode: 
     static = {"config": config, "kind": kind, "indexer_mode": indexer_mode}
     return (jax.jit(functools.partial(_admit, **static), donate_argnums=(1,)),
             jax.jit(functools.partial(_decode_chunk, **static), donate_argnums=(1,), static_argnames=("rows",)),
-            jax.jit(_move_slots, donate_argnums=(0,)))
+            # A partial of its own: jit wrappers of one function share one cache of compilations.
+            jax.jit(functools.partial(_move_slots), donate_argnums=(0,)))
 
 
 def empty_slots(config: ModelConfig, slots: int, capacity: int) -> SlotState:
