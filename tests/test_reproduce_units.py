@@ -3,6 +3,7 @@ files and the command line's refusals (the tables themselves: test_reproduce_smo
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -168,3 +169,30 @@ def test_pod_table_reads_the_planners_json_keys():
     written = inspect.getsource(Plan.to_json)
     for key in ("peak_bytes_per_device", "worst_stage", "step_seconds", "mfu", "stages"):
         assert f'"{key}"' in written, key
+
+
+def test_pod_plans_resume_row_by_row(tmp_path, monkeypatch):
+    """``--plan`` keeps each row's verdict: a second run plans nothing again, a row whose config
+    changed is planned again, and a failed plan is not kept (the next run retries it)."""
+    from glm5_jax.reproduce import __main__ as cli
+    from glm5_jax.reproduce import pod
+
+    planned = []
+
+    def fake_planner(command):
+        planned.append(command)
+        if "router_mode=dynamic" in " ".join(command) and len(planned) <= 12:
+            return {"error": "compile failed"}  # the first run's dynamic rows fail
+        return {"fits": True, "peak_bytes_per_device": 2**30, "worst_stage": "sparse",
+                "step_seconds": 1.0, "mfu": 0.5, "stages": {}}
+
+    monkeypatch.setattr(pod, "run_planner", fake_planner)
+    argv = ["cost", "--scale=pod", f"--workdir={tmp_path}", "--plan"]
+    assert cli.main(argv) == 0
+    assert len(planned) == 12 and len(list((tmp_path / "pod").glob("*.plan.json"))) == 9
+    assert cli.main(argv) == 0
+    assert len(planned) == 15  # only the 3 failed rows again
+    rows = {row["row"]: row for row in json.loads((tmp_path / "table.json").read_text())["rows"]}
+    assert all(row["fits"] is True and row["plan"]["commit"] for row in rows.values())
+    assert cli.main([*argv, "--table.sizes.p1.hidden_size=1024"]) == 0
+    assert len(planned) == 15 + 4  # p1's config changed in every variant

@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from glm5_jax.reproduce.context import Context
@@ -23,6 +24,7 @@ from glm5_jax.reproduce.experiment_files import flatten, training_config
 from glm5_jax.reproduce.plots import figure
 from glm5_jax.reproduce.scales import REPO
 from glm5_jax.reproduce.table_files import Table
+from glm5_jax.run_info import git_commit
 from glm5_jax.sweep.grid import override_flags
 
 PLAN_TIMEOUT_S = 3600
@@ -55,6 +57,26 @@ def run_planner(plan_command: list[str]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def saved_plan(path: Path, config_json: str, plan_command: list[str]) -> dict[str, Any] | None:
+    """A row's earlier verdict (``--plan`` resumes), if it was planned from the same config and
+    command; None otherwise (a changed config or command plans again)."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("config") != config_json or saved.get("command") != plan_command:
+        return None
+    return saved["plan"]
+
+
+def save_plan(path: Path, config_json: str, plan_command: list[str], planned: dict[str, Any]) -> None:
+    """Keep a row's verdict with the commit that planned it (``plan["commit"]``), written whole
+    and then renamed: an interrupted write leaves none."""
+    planned["commit"] = git_commit()
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"config": config_json, "command": plan_command, "plan": planned}) + "\n")
+    partial.replace(path)
+
+
 def planner_columns(planned: dict[str, Any]) -> dict[str, Any]:
     """The table's planner columns from ``glm5_jax.plan --json``'s line (``Plan.to_json``)."""
     stages = planned.get("stages", {})
@@ -77,7 +99,8 @@ def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict
     topologies = dict(context.spec.get("topologies", {}))
     for name, (identity, overrides) in points(context).items():
         config = training_config(context.experiment, context.scale, overrides)
-        (pod_dir / f"{name}.json").write_text(config.to_json_best_effort(indent=1) + "\n")
+        config_json = config.to_json_best_effort(indent=1) + "\n"
+        (pod_dir / f"{name}.json").write_text(config_json)
         model_config = model_config_from(config, config.data.vocab_size)
         counts = count_parameters(model_config)
         topology = topologies.get(identity.get("size"), topologies.get("default", "v5p-256"))
@@ -89,8 +112,14 @@ def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict
                "provenance": {"config": context.config_argument, "overrides": flatten(overrides),
                               "seed": identity.get("seed"), "commands": [shlex.join(train), shlex.join(plan)]}}
         if context.run_planner:
-            context.echo(f"[{name}] planning on {topology}")
-            planned = run_planner(plan)
+            planned = saved_plan(pod_dir / f"{name}.plan.json", config_json, plan)
+            if planned is None:
+                context.echo(f"[{name}] planning on {topology}")
+                planned = run_planner(plan)
+                if "error" not in planned:
+                    save_plan(pod_dir / f"{name}.plan.json", config_json, plan, planned)
+            else:
+                context.echo(f"[{name}] planned before ({name}.plan.json)")
             row["plan"] = planned
             if "error" not in planned:
                 row.update(planner_columns(planned))
@@ -104,7 +133,8 @@ def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict
         axes.set_title(f"{context.name} at pod scale (planned, not run)")
     notes = [("Configs: pod/<row>.json; commands: pod/commands.sh (launch/tpu.py with xpk, then "
               "glm5_jax.plan). Nothing here ran on a TPU."),
-             "Planner columns are n/a unless --plan was given (each row compiles for minutes)."]
+             ("Planner columns are n/a unless --plan was given (each row compiles for minutes; a row's "
+              "verdict is kept in pod/<row>.plan.json and reused while its config and command are unchanged).")]
     return Table(name=context.name, title=f"{context.name} at pod scale: configs and commands",
                  scale="pod", paper=list(context.spec.get("paper", ())), columns=COLUMNS, rows=rows,
                  comparison=[], plots=[plot], notes=notes, status="planned")
