@@ -1,6 +1,7 @@
 """Where a plain decode step's time goes: per-step cost against rows, and a per-part profile.
 
     XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true python benchmarks/profile_decode_step.py
+    MOE_IMPL=dense python benchmarks/profile_decode_step.py     # the decode benchmark's experts
 
 The tiny preset (random weights), greedy, prompts of 64 tokens, cache capacity 192 (what the
 continuous-batching benchmark's requests use). Prints:
@@ -36,8 +37,11 @@ from glm5_jax.sample.sampling import PolicyKind, make_policy
 PROMPT, CAPACITY, OUT = 64, 192, 128
 INDEXER_TOP_K = "indexer top-k (scores + TopK, bucketed conditional)"
 
+MOE_IMPL = os.environ.get("MOE_IMPL", "ragged_dot")  # the routed experts' form (config.MOE_IMPLS)
+
+
 def setup(rows: int):
-    config = tiny().replace(initializer_range=0.1)
+    config = tiny().replace(initializer_range=0.1, moe_impl=MOE_IMPL)
     variables = init_variables(GLM5Model(config), jax.random.PRNGKey(0))
     policy = make_policy(0.0, 0, 1.0, None, OUT, 0)
     prefill_fn, loop_fn = engine.compiled(config, PolicyKind.of(0.0, 0, 1.0), CAPACITY, OUT, 0, "auto")
@@ -101,7 +105,7 @@ def profile(rows: int = 32, steps: int = 32) -> dict[str, float]:
 
 def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} / {os.getloadavg()[2]:.2f}, "
-          f"jax {jax.__version__}, backend {jax.default_backend()}")
+          f"jax {jax.__version__}, backend {jax.default_backend()}, moe_impl {MOE_IMPL}")
     print("| rows | decode step ms (3 runs) | ms per row-step | prefill of 64-token prompts ms |")
     print("|---|---|---|---|")
     for rows in (8, 32, 128):
