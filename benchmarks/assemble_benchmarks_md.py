@@ -32,7 +32,8 @@ SECTIONS = (  # (anchor, link text, fragments: generated tables first, then hand
     ("agentic-rl", "agentic RL", ("rl.md", "rl_decoupled.md", "rl_staleness1.md", "rl_debug.md",
                                   "rl_notes.md", "rl_pretrained.md", "rl_orders_in_flight.md")),
     # The paper's tables (python -m glm5_jax.reproduce NAME --scale=cpu --fragment=...).
-    ("repro-cost", "paper: cost", ("repro_cost.md", "repro_cost_notes.md")),
+    ("repro-cost", "paper: cost", ("repro_cost.md", "repro_cost_notes.md", "repro_cost_pod.md",
+                                   "repro_cost_pod_notes.md")),
     ("repro-long-context", "paper: long context", ("repro_long_context.md", "repro_long_context_notes.md",
                                                    "repro_long_context_pod.md", "repro_long_context_pod_notes.md")),
     ("repro-code-benchmarks", "paper: code benchmarks",
