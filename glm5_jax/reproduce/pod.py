@@ -112,12 +112,13 @@ def build_pod(context: Context, points: Callable[[Context], dict[str, tuple[dict
                "provenance": {"config": context.config_argument, "overrides": flatten(overrides),
                               "seed": identity.get("seed"), "commands": [shlex.join(train), shlex.join(plan)]}}
         if context.run_planner:
-            planned = saved_plan(pod_dir / f"{name}.plan.json", config_json, plan)
+            plan_file = pod_dir / f"{name}.plan.json"
+            planned = saved_plan(plan_file, config_json, plan)
             if planned is None:
                 context.echo(f"[{name}] planning on {topology}")
                 planned = run_planner(plan)
                 if "error" not in planned:
-                    save_plan(pod_dir / f"{name}.plan.json", config_json, plan, planned)
+                    save_plan(plan_file, config_json, plan, planned)
             else:
                 context.echo(f"[{name}] planned before ({name}.plan.json)")
             row["plan"] = planned
